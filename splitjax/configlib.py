@@ -1,0 +1,134 @@
+"""The base configuration every experiment file in configs/ starts from.
+
+Every default lives here or in the experiment file, so the `config.json` a run
+writes is the whole truth. `check(config)` validates names against registries
+and ranges before anything runs or is written, and raises a one-line
+ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import ml_collections
+
+from splitjax.errors import ConfigError
+
+MODES = ("sl", "fsl")
+KNOWLEDGE = ("white_box", "stale", "none")
+PRIVATE_ENCODINGS = ("one_hot", "embed")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The fields every experiment has; an experiment file overrides some."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "adult"
+  c.data.tfds_dir = "~/tensorflow_datasets"
+  c.data.manual_dir = ""  # "" = packaged copy, else download.
+  c.data.verify_checksums = True
+  c.data.private_features = ()
+  c.data.server_features = ()  # () = every feature that is not private.
+  c.data.max_train_examples = 0  # 0 = all.
+  c.data.max_test_examples = 0  # 0 = all.
+  c.data.synthetic = ml_collections.ConfigDict(dict(
+      num_examples=20_000, num_server_categorical=2, server_vocab_size=5,
+      num_server_numeric=4, num_private_categorical=2, private_vocab_size=3,
+      num_private_numeric=0, num_classes=2, dependence=1.0,
+      private_signal=1.0, test_fraction=0.2, seed=0))
+  c.data.csv = ml_collections.ConfigDict(dict(
+      path="", delimiter=",", categorical=(), numeric=(), label="",
+      ignore=(), test_fraction=0.2, split_seed=0))
+
+  c.model = ml_collections.ConfigDict()
+  c.model.server_hidden = (256, 256)
+  c.model.embed_dim = 8
+  c.model.cut_dim = 64
+  c.model.device_hidden = (128,)
+  c.model.private_encoding = "one_hot"
+  c.model.private_embed_dim = 8
+
+  c.train = ml_collections.ConfigDict()
+  c.train.mode = "sl"
+  c.train.num_epochs = 5
+  c.train.batch_size = 256
+  c.train.server_learning_rate = 1e-3
+  c.train.device_learning_rate = 1e-3
+  c.train.eval_batch_size = 8192
+  c.train.server_only_baseline = True
+
+  c.fsl = ml_collections.ConfigDict()
+  c.fsl.num_clients = 100
+  c.fsl.local_steps = 5
+  c.fsl.client_batch_size = 32
+
+  # The message hook: clip_norm 0 = no clipping; noise stddev is
+  # noise_multiplier * clip_norm; label_epsilon inf = no label DP.
+  c.defence = ml_collections.ConfigDict()
+  c.defence.clip_norm = 0.0
+  c.defence.noise_multiplier = 0.0
+  c.defence.label_epsilon = math.inf
+
+  c.view = ml_collections.ConfigDict()
+  c.view.capture = False
+  c.view.knowledge = "white_box"
+  return c
+
+
+def _need(ok: bool, field: str, msg: str):
+  if not ok:
+    raise ConfigError(f"{field}: {msg}")
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Validates a config before anything runs.
+
+  Raises:
+    ConfigError: naming the first bad field.
+  """
+  from splitjax import data  # The data registry.
+  _need(config.data.name in data.DATASETS, "data.name",
+        f"unknown data set {config.data.name!r}; known: {list(data.DATASETS)}")
+  m, t, f = config.model, config.train, config.fsl
+  for name in ("server_hidden", "device_hidden"):
+    widths = getattr(m, name)
+    _need(all(isinstance(w, int) and w > 0 for w in widths), f"model.{name}",
+          f"widths must be positive integers, got {tuple(widths)}")
+  for name in ("cut_dim", "embed_dim", "private_embed_dim"):
+    _need(getattr(m, name) > 0, f"model.{name}",
+          f"must be positive, got {getattr(m, name)}")
+  _need(m.private_encoding in PRIVATE_ENCODINGS, "model.private_encoding",
+        f"unknown {m.private_encoding!r}; known: {list(PRIVATE_ENCODINGS)}")
+  _need(t.mode in MODES, "train.mode", f"unknown {t.mode!r}; known: {list(MODES)}")
+  _need(t.num_epochs > 0, "train.num_epochs", f"must be positive, got {t.num_epochs}")
+  _need(t.batch_size > 0, "train.batch_size", f"must be positive, got {t.batch_size}")
+  _need(t.eval_batch_size > 0, "train.eval_batch_size",
+        f"must be positive, got {t.eval_batch_size}")
+  for name in ("server_learning_rate", "device_learning_rate"):
+    _need(getattr(t, name) > 0, f"train.{name}",
+          f"must be positive, got {getattr(t, name)}")
+  for name in ("num_clients", "local_steps", "client_batch_size"):
+    _need(getattr(f, name) > 0, f"fsl.{name}",
+          f"must be positive, got {getattr(f, name)}")
+  d = config.defence
+  _need(d.clip_norm >= 0, "defence.clip_norm", f"must be >= 0, got {d.clip_norm}")
+  _need(d.noise_multiplier >= 0, "defence.noise_multiplier",
+        f"must be >= 0, got {d.noise_multiplier}")
+  _need(d.noise_multiplier == 0 or d.clip_norm > 0, "defence.noise_multiplier",
+        "noise needs defence.clip_norm > 0 (noise stddev = noise_multiplier * clip_norm)")
+  _need(d.label_epsilon > 0, "defence.label_epsilon",
+        f"must be > 0 (inf = off), got {d.label_epsilon}")
+  _need(config.view.knowledge in KNOWLEDGE, "view.knowledge",
+        f"unknown {config.view.knowledge!r}; known: {list(KNOWLEDGE)}")
+  _need(config.view.knowledge != "stale" or t.mode == "fsl", "view.knowledge",
+        "'stale' needs train.mode='fsl' (it is the FedAvg round-start model)")
+
+
+def config_hash(config: ml_collections.ConfigDict) -> str:
+  """A short, stable hash of the whole config."""
+  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:12]

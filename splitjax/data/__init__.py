@@ -1,0 +1,67 @@
+"""Data: official files and TFDS builders, synthetic and CSV tables, encoding.
+
+`load(config.data)` is the one entry point: it returns a `Dataset` whose
+`train` and `test` splits are `Arrays` (host NumPy), ready to be put on the
+accelerator as one pytree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from splitjax.data import official, synthetic, user_csv
+from splitjax.data.schema import Arrays, Schema, encode, make_schema, medians_of
+from splitjax.errors import ConfigError, DataError
+
+DATASETS = ("adult", "bank_marketing", "movielens_100k", "synthetic", "csv")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  schema: Schema
+  train: Arrays
+  test: Arrays
+
+
+def load(cfg) -> Dataset:
+  """Loads, validates and encodes the data set that `config.data` names.
+
+  Raises:
+    ConfigError: unknown data set or feature name, bad split sizes.
+    DataError: missing, corrupt or malformed files (naming file and line).
+  """
+  if cfg.name not in DATASETS:
+    raise ConfigError(f"data.name: unknown data set {cfg.name!r}; known: "
+                      f"{list(DATASETS)}")
+  if cfg.name in official.SOURCES:
+    from splitjax.data import builders  # TFDS is imported only when needed.
+    tables = builders.load(cfg.name, tfds_dir=cfg.tfds_dir,
+                           manual_dir=cfg.manual_dir,
+                           verify_checksums=cfg.verify_checksums)
+    spec = official.SOURCES[cfg.name].spec
+  elif cfg.name == "synthetic":
+    spec, tables = synthetic.spec_of(cfg.synthetic), synthetic.generate(cfg.synthetic)
+  else:
+    spec, tables = user_csv.load(cfg.csv, cfg.private_features)
+  train, test = tables["train"], tables["test"]
+  if cfg.max_train_examples < 0:
+    raise ConfigError("data.max_train_examples: must be >= 0 (0 keeps all)")
+  if cfg.max_train_examples:
+    train = {k: v[:cfg.max_train_examples] for k, v in train.items()}
+  if cfg.max_test_examples < 0:
+    raise ConfigError("data.max_test_examples: must be >= 0 (0 keeps all)")
+  if cfg.max_test_examples:
+    test = {k: v[:cfg.max_test_examples] for k, v in test.items()}
+  schema = make_schema(spec, train, cfg.private_features, cfg.server_features)
+  medians = medians_of(train, spec)
+  train_arrays, test_arrays = encode(train, schema, medians), encode(test, schema, medians)
+  for split, arrays in (("train", train_arrays), ("test", test_arrays)):
+    if arrays.num_examples == 0:
+      raise DataError(f"data set {cfg.name!r}: the {split} split is empty")
+    for name, x in arrays._asdict().items():
+      if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise DataError(f"data set {cfg.name!r}: non-finite values in "
+                        f"{split} {name} after encoding")
+  return Dataset(schema, train_arrays, test_arrays)

@@ -1,0 +1,412 @@
+"""SL and FSL training: each epoch one jitted `lax.scan`, vmappable over settings.
+
+A *setting* (`Setting`) holds the values that may differ between runs of one
+compiled program: seed, clip norm, noise multiplier, label-DP epsilon, and
+whether the device uses its private features (0 gives the server-features-only
+baseline with identical shapes). Everything that fixes array shapes lives in
+the static `TrainSpec`. `Trainer` jits `vmap`ped functions over a leading
+setting axis, so a batch of settings trains as one program.
+
+Keys: one root key per setting from its seed, split once into init, data
+order, FSL partition, message noise and label-DP keys; the step or epoch is
+folded in where a key is used repeatedly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from splitjax import defences, protocol
+from splitjax.data.schema import Arrays
+from splitjax.errors import ConfigError
+from splitjax.models import SplitModel
+
+Params = Any
+
+
+class Setting(NamedTuple):
+  """Per-setting values; stack them on a leading axis to vmap."""
+  seed: jax.Array              # int32
+  clip_norm: jax.Array         # float32, 0 = no clipping
+  noise_multiplier: jax.Array  # float32, noise stddev / clip_norm
+  label_epsilon: jax.Array     # float32, inf = no label DP
+  use_private: jax.Array       # float32, 1 = split model, 0 = server-only
+
+
+def make_settings(rows: list[dict]) -> Setting:
+  """Stacks settings given as dicts of Setting's fields."""
+  def col(name, dtype):
+    return jnp.asarray([r[name] for r in rows], dtype)
+  return Setting(col("seed", jnp.int32), col("clip_norm", jnp.float32),
+                 col("noise_multiplier", jnp.float32),
+                 col("label_epsilon", jnp.float32),
+                 col("use_private", jnp.float32))
+
+
+class TrainState(NamedTuple):
+  server_params: Params
+  device_params: Params
+  server_opt_state: Any
+  device_opt_state: Any
+  step: jax.Array    # int32, global step (FSL: local steps)
+  labels: jax.Array  # int32 [N] training labels the device uses (label DP)
+
+
+class _Keys(NamedTuple):
+  init: jax.Array
+  data: jax.Array
+  partition: jax.Array
+  noise: jax.Array
+  label: jax.Array
+
+
+def setting_keys(setting: Setting) -> _Keys:
+  return _Keys(*jax.random.split(jax.random.key(setting.seed), 5))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+  """Everything static: model, shapes, optimisers, mode, view capture."""
+  model: SplitModel
+  num_train: int
+  num_server_numeric: int
+  mode: str = "sl"
+  batch_size: int = 256
+  server_learning_rate: float = 1e-3
+  device_learning_rate: float = 1e-3
+  num_clients: int = 1
+  local_steps: int = 1
+  client_batch_size: int = 32
+  knowledge: str = "white_box"
+  capture_view: bool = False
+  eval_batch_size: int = 8192
+
+  @property
+  def server_opt(self) -> optax.GradientTransformation:
+    return optax.adam(self.server_learning_rate)
+
+  @property
+  def device_opt(self) -> optax.GradientTransformation:
+    return optax.adam(self.device_learning_rate)
+
+  @property
+  def records_per_client(self) -> int:
+    return self.num_train // self.num_clients
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """SL steps, or FSL local steps (rounds x local_steps)."""
+    if self.mode == "sl":
+      return self.num_train // self.batch_size
+    steps = self.records_per_client // self.client_batch_size
+    return steps - steps % self.local_steps
+
+  @property
+  def examples_per_epoch(self) -> int:
+    per_step = self.batch_size if self.mode == "sl" else (
+        self.num_clients * self.client_batch_size)
+    return self.steps_per_epoch * per_step
+
+  def check(self):
+    """Raises ConfigError when the data cannot fill one epoch."""
+    if self.mode == "sl" and self.batch_size > self.num_train:
+      raise ConfigError(f"train.batch_size: {self.batch_size} is larger than "
+                        f"the {self.num_train} training examples")
+    if self.mode == "fsl":
+      if self.num_clients > self.num_train:
+        raise ConfigError(f"fsl.num_clients: {self.num_clients} clients for "
+                          f"{self.num_train} training examples")
+      if self.steps_per_epoch < self.local_steps:
+        raise ConfigError(
+            f"fsl.client_batch_size: {self.client_batch_size} x "
+            f"fsl.local_steps {self.local_steps} exceeds the "
+            f"{self.records_per_client} records per client")
+
+
+def make_spec(config, model: SplitModel, train: Arrays) -> TrainSpec:
+  """The TrainSpec of a config, checked against the data."""
+  spec = TrainSpec(
+      model=model, num_train=train.num_examples,
+      num_server_numeric=train.x_s_num.shape[1], mode=config.train.mode,
+      batch_size=config.train.batch_size,
+      server_learning_rate=config.train.server_learning_rate,
+      device_learning_rate=config.train.device_learning_rate,
+      num_clients=config.fsl.num_clients if config.train.mode == "fsl" else 1,
+      local_steps=config.fsl.local_steps,
+      client_batch_size=config.fsl.client_batch_size,
+      knowledge=config.view.knowledge, capture_view=config.view.capture,
+      eval_batch_size=config.train.eval_batch_size)
+  spec.check()
+  return spec
+
+
+def init_state(spec: TrainSpec, train_labels: jax.Array,
+               setting: Setting) -> TrainState:
+  """Fresh params, optimiser states, and the label-DP training labels."""
+  keys = setting_keys(setting)
+  server_params, device_params = spec.model.init(keys.init,
+                                                 spec.num_server_numeric)
+  labels = defences.randomized_response(keys.label, train_labels,
+                                        spec.model.num_classes,
+                                        setting.label_epsilon)
+  return TrainState(server_params, device_params,
+                    spec.server_opt.init(server_params),
+                    spec.device_opt.init(device_params),
+                    jnp.zeros((), jnp.int32), labels)
+
+
+def _gather(data: Arrays, idx: jax.Array) -> Arrays:
+  return jax.tree.map(lambda x: x[idx], data)
+
+
+def _server_update(spec, state, g_server):
+  updates, opt_state = spec.server_opt.update(g_server, state.server_opt_state,
+                                              state.server_params)
+  return optax.apply_updates(state.server_params, updates), opt_state
+
+
+def _defend(setting, noise_key, step, messages):
+  transform = defences.cut_layer_gaussian(setting.clip_norm,
+                                          setting.noise_multiplier)
+  return transform.update(messages, jax.random.fold_in(noise_key, step))
+
+
+def sl_step(spec: TrainSpec, train: Arrays, setting: Setting,
+            noise_key: jax.Array, epoch: jax.Array, state: TrainState,
+            idx: jax.Array):
+  """One SL step on the records `idx` [B]; returns (state, (loss, view))."""
+  m = spec.model
+  x = _gather(train, idx)
+  h, backward = protocol.server_forward(m, state.server_params, x.x_s_cat,
+                                        x.x_s_num)
+  p = m.encode_private(x.x_p_cat, x.x_p_num) * setting.use_private
+  out = protocol.device_step(m, state.device_params, h, p, state.labels[idx])
+  sent = _defend(setting, noise_key, state.step, out.messages)
+  server_params, server_opt = _server_update(spec, state, backward(sent))
+  updates, device_opt = spec.device_opt.update(out.grads, state.device_opt_state,
+                                               state.device_params)
+  view = None
+  if spec.capture_view:
+    known = (None if spec.knowledge == "none"
+             else jax.tree.map(lambda a: a[None], state.device_params))
+    view = protocol.ServerView(idx.astype(jnp.int32), h, sent, state.step,
+                               epoch, jnp.zeros_like(idx, jnp.int32), known)
+  new_state = TrainState(server_params,
+                         optax.apply_updates(state.device_params, updates),
+                         server_opt, device_opt, state.step + 1, state.labels)
+  return new_state, (out.loss, view)
+
+
+def _fsl_local_step(spec, train, setting, noise_key, epoch, carry, idx):
+  """One local step of all K clients at once; idx is [K, client batch]."""
+  state, client_params, client_opt, start_params = carry
+  m = spec.model
+  k, bc = idx.shape
+  flat = idx.reshape(-1)
+  x = _gather(train, flat)
+  h, backward = protocol.server_forward(m, state.server_params, x.x_s_cat,
+                                        x.x_s_num)
+  p = m.encode_private(x.x_p_cat, x.x_p_num) * setting.use_private
+  out = jax.vmap(protocol.device_step, (None, 0, 0, 0, 0))(
+      m, client_params, h.reshape(k, bc, -1), p.reshape(k, bc, -1),
+      state.labels[flat].reshape(k, bc))
+  sent = _defend(setting, noise_key, state.step, out.messages.reshape(k * bc, -1))
+  server_params, server_opt = _server_update(spec, state, backward(sent))
+  updates, client_opt_new = jax.vmap(spec.device_opt.update)(
+      out.grads, client_opt, client_params)
+  view = None
+  if spec.capture_view:
+    if spec.knowledge == "white_box":
+      known, index = client_params, jnp.repeat(jnp.arange(k, dtype=jnp.int32), bc)
+    else:  # The server knows only the round-start average.
+      known, index = jax.tree.map(lambda a: a[None], start_params), jnp.zeros(
+          k * bc, jnp.int32)
+    if spec.knowledge == "none":
+      known = None
+    view = protocol.ServerView(flat.astype(jnp.int32), h, sent, state.step,
+                               epoch, index, known)
+  state = state._replace(server_params=server_params,
+                         server_opt_state=server_opt, step=state.step + 1)
+  carry = (state, optax.apply_updates(client_params, updates), client_opt_new,
+           start_params)
+  return carry, (out.loss.mean(), view)
+
+
+def fedavg(tree: Any) -> Any:
+  """The server's average over the leading client axis (integer leaves, such
+  as Adam's step count, are equal across clients and kept)."""
+  return jax.tree.map(
+      lambda a: a.mean(0) if jnp.issubdtype(a.dtype, jnp.floating) else a[0],
+      tree)
+
+
+def fsl_round(spec: TrainSpec, train: Arrays, setting: Setting,
+              noise_key: jax.Array, epoch: jax.Array, state: TrainState,
+              idx: jax.Array):
+  """One FedAvg round; idx is [local_steps, K, client batch].
+
+  Each client starts from the round-start device model, takes local_steps
+  steps on its own records, and the server averages the copies (params and
+  optimiser moments). Returns (state, client_params, (losses, views)).
+  """
+  k = idx.shape[1]
+  broadcast = lambda t: jax.tree.map(lambda a: jnp.broadcast_to(a, (k,) + a.shape), t)
+  carry = (state, broadcast(state.device_params),
+           broadcast(state.device_opt_state), state.device_params)
+  step = functools.partial(_fsl_local_step, spec, train, setting, noise_key, epoch)
+  (state, client_params, client_opt, _), outs = jax.lax.scan(step, carry, idx)
+  state = state._replace(device_params=fedavg(client_params),
+                         device_opt_state=fedavg(client_opt))
+  return state, client_params, outs
+
+
+class EpochOut(NamedTuple):
+  train_loss: jax.Array
+  view: protocol.ServerView | None
+
+
+def client_partition(spec: TrainSpec, setting: Setting) -> jax.Array:
+  """The fixed records of each FSL client, [K, records per client]."""
+  perm = jax.random.permutation(setting_keys(setting).partition, spec.num_train)
+  n = spec.records_per_client
+  return perm[:spec.num_clients * n].reshape(spec.num_clients, n)
+
+
+def train_epoch(spec: TrainSpec, state: TrainState, train: Arrays,
+                setting: Setting, epoch: jax.Array) -> tuple[TrainState, EpochOut]:
+  """One epoch as one scan (rows shuffled per epoch, remainder dropped)."""
+  keys = setting_keys(setting)
+  epoch_key = jax.random.fold_in(keys.data, epoch)
+  steps = spec.steps_per_epoch
+  if spec.mode == "sl":
+    perm = jax.random.permutation(epoch_key, spec.num_train)
+    idx = perm[:steps * spec.batch_size].reshape(steps, spec.batch_size)
+    step = functools.partial(sl_step, spec, train, setting, keys.noise, epoch)
+    state, (losses, view) = jax.lax.scan(step, state, idx)
+    return state, EpochOut(losses.mean(), view)
+
+  part = client_partition(spec, setting)
+  k, bc, steps_l = spec.num_clients, spec.client_batch_size, spec.local_steps
+  client_keys = jax.random.split(epoch_key, k)
+  shuffled = jax.vmap(lambda key, rows: jax.random.permutation(key, rows))(
+      client_keys, part)[:, :steps * bc]
+  idx = shuffled.reshape(k, steps // steps_l, steps_l, bc).transpose(1, 2, 0, 3)
+  rnd = functools.partial(fsl_round, spec, train, setting, keys.noise, epoch)
+
+  def body(state, round_idx):
+    state, _, outs = rnd(state, round_idx)
+    return state, outs
+
+  state, (losses, view) = jax.lax.scan(body, state, idx)
+  if view is not None:  # [rounds, local_steps, ...] -> [steps, ...]
+    view = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), view)
+  return state, EpochOut(losses.mean(), view)
+
+
+def binary_auc(scores: jax.Array, labels: jax.Array) -> jax.Array:
+  """ROC AUC by the Mann-Whitney statistic, ties given average ranks."""
+  s = jnp.sort(scores)
+  ranks = (jnp.searchsorted(s, scores, side="left")
+           + jnp.searchsorted(s, scores, side="right") + 1) / 2.0
+  pos = labels.astype(jnp.float32)
+  n_pos = pos.sum()
+  n_neg = pos.shape[0] - n_pos
+  return ((ranks * pos).sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def evaluate(spec: TrainSpec, state: TrainState, test: Arrays,
+             setting: Setting) -> dict[str, jax.Array]:
+  """Test AUC (macro one-vs-rest beyond two classes), accuracy, log-loss."""
+  m = spec.model
+  n = test.num_examples
+  chunk = min(spec.eval_batch_size, n)
+  num_chunks = -(-n // chunk)
+  pad = num_chunks * chunk - n
+  padded = jax.tree.map(
+      lambda a: jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1)), test)
+
+  def logits_of(x):
+    h = m.server.apply(state.server_params, x.x_s_cat, x.x_s_num)
+    p = m.encode_private(x.x_p_cat, x.x_p_num) * setting.use_private
+    return m.head.apply(state.device_params, h, p)
+
+  chunks = jax.tree.map(lambda a: a.reshape((num_chunks, chunk) + a.shape[1:]),
+                        padded)
+  logits = jax.lax.map(logits_of, chunks)
+  logits = logits.reshape((num_chunks * chunk,) + logits.shape[2:])[:n]
+  probs = m.probabilities(logits)
+  y = test.y
+  if m.num_classes == 2:
+    auc = binary_auc(logits[:, 0], y)
+  else:
+    auc = jax.vmap(lambda c: binary_auc(probs[:, c], y == c))(
+        jnp.arange(m.num_classes)).mean()
+  return {"test_auc": auc,
+          "test_accuracy": (probs.argmax(-1) == y).mean(),
+          "test_log_loss": m.loss(logits, y).mean()}
+
+
+class Trainer:
+  """Compiled init, epoch and evaluation, all vmapped over settings."""
+
+  def __init__(self, spec: TrainSpec):
+    self.spec = spec
+    self.init = jax.jit(jax.vmap(functools.partial(init_state, spec),
+                                 in_axes=(None, 0)))
+    self.epoch = jax.jit(
+        jax.vmap(functools.partial(train_epoch, spec), in_axes=(0, None, 0, None)),
+        donate_argnums=0)
+    self.evaluate = jax.jit(jax.vmap(functools.partial(evaluate, spec),
+                                     in_axes=(0, None, 0)))
+
+
+def metrics_row(losses, evals, index: int) -> dict[str, float]:
+  """The metrics of setting `index` as plain floats, failing on non-finite."""
+  row = {"train_loss": float(losses[index])}
+  row.update({k: float(v[index]) for k, v in evals.items()})
+  bad = [k for k, v in row.items() if not math.isfinite(v)]
+  if bad:
+    raise FloatingPointError(f"non-finite metrics {bad}: {row}")
+  return row
+
+
+def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
+          settings: Setting, num_epochs: int, on_epoch=None):
+  """Trains every setting for num_epochs; returns (state, history, views).
+
+  Args:
+    trainer: the compiled functions.
+    train_data, test_data: device arrays.
+    settings: stacked settings [S].
+    num_epochs: epochs to run.
+    on_epoch: optional callback(epoch, rows, seconds) after each epoch, with
+      one metrics dict per setting.
+
+  Returns:
+    The final stacked TrainState, a list (per epoch) of lists (per setting)
+    of metrics dicts, and a list of per-epoch ServerViews (or Nones).
+  """
+  import time
+  state = trainer.init(train_data.y, settings)
+  history, views = [], []
+  num_settings = settings.seed.shape[0]
+  for epoch in range(num_epochs):
+    start = time.perf_counter()
+    state, out = trainer.epoch(state, train_data, settings, np.int32(epoch))
+    evals = trainer.evaluate(state, test_data, settings)
+    losses, evals = jax.device_get((out.train_loss, evals))
+    seconds = time.perf_counter() - start
+    rows = [metrics_row(losses, evals, i) for i in range(num_settings)]
+    history.append(rows)
+    views.append(out.view)
+    if on_epoch is not None:
+      on_epoch(epoch, rows, seconds)
+  return state, history, views
