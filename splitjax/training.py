@@ -410,3 +410,74 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
     if on_epoch is not None:
       on_epoch(epoch, rows, seconds)
   return state, history, views
+
+
+def run(config, workdir: str) -> list[dict]:
+  """The training job: trains the split model and its server-only baseline.
+
+  Writes `config.json` and `metrics.jsonl` (one line per epoch) to workdir,
+  and logs one line per epoch with examples/s. Everything is validated before
+  the workdir is touched; a workdir with a finished run is refused.
+
+  Returns:
+    The metrics rows written.
+  """
+  import os
+  import time
+  from absl import logging
+  from splitjax import configlib, data, models, workdir as wd
+
+  configlib.check(config)
+  wd.refuse_finished(workdir, "metrics.jsonl")
+  dataset = data.load(config.data)
+  model = models.make_model(dataset.schema, config.model)
+  spec = make_spec(config, model, dataset.train)
+  trainer = Trainer(spec)
+  d = config.defence
+  rows = [dict(seed=config.seed, clip_norm=d.clip_norm,
+               noise_multiplier=d.noise_multiplier,
+               label_epsilon=d.label_epsilon, use_private=1.0)]
+  if config.train.server_only_baseline:
+    rows.append(dict(rows[0], use_private=0.0))
+  settings = make_settings(rows)
+  provenance = {"config_hash": configlib.config_hash(config),
+                "seed": config.seed, "git_commit": wd.git_commit()}
+  logging.info("%s: %d train / %d test examples, private %s, %d steps/epoch",
+               config.data.name, dataset.train.num_examples,
+               dataset.test.num_examples,
+               [f.name for f in dataset.schema.private], spec.steps_per_epoch)
+
+  os.makedirs(workdir, exist_ok=True)
+  wd.write_json(os.path.join(workdir, "config.json"),
+                {"config": config.to_dict(), "schema": dataset.schema.to_json(),
+                 **provenance})
+  out_rows = []
+
+  def on_epoch(epoch, rows_, seconds):
+    examples = spec.examples_per_epoch * len(rows_)
+    row = {"epoch": epoch + 1, **rows_[0], "seconds": seconds,
+           "examples_per_second": examples / seconds, **provenance}
+    line = (f"epoch {epoch + 1}/{config.train.num_epochs}: train loss "
+            f"{row['train_loss']:.4f}, test AUC {row['test_auc']:.4f}, "
+            f"accuracy {row['test_accuracy']:.4f}, log-loss "
+            f"{row['test_log_loss']:.4f}")
+    if len(rows_) > 1:
+      row["server_only"] = rows_[1]
+      row["auc_gain"] = row["test_auc"] - rows_[1]["test_auc"]
+      line += (f" | server-only AUC {rows_[1]['test_auc']:.4f} "
+               f"(gain {row['auc_gain']:+.4f})")
+    line += (f" | {row['examples_per_second']:,.0f} examples/s"
+             + (" (incl. compile)" if epoch == 0 else ""))
+    logging.info(line)
+    out_rows.append(row)
+    # Progress so far, for a long run; renamed to metrics.jsonl at the end.
+    wd.write_jsonl(os.path.join(workdir, "metrics.jsonl.partial"), out_rows)
+
+  start = time.perf_counter()
+  train(trainer, jax.device_put(dataset.train), jax.device_put(dataset.test),
+        settings, config.train.num_epochs, on_epoch)
+  os.replace(os.path.join(workdir, "metrics.jsonl.partial"),
+             os.path.join(workdir, "metrics.jsonl"))
+  logging.info("done in %.1f s; wrote %s", time.perf_counter() - start,
+               os.path.join(workdir, "metrics.jsonl"))
+  return out_rows

@@ -1,0 +1,29 @@
+"""Bank Marketing (UCI bank-full.csv): marital, education, default, housing, loan private.
+
+Launch (runs offline on the shipped copy):
+  python scripts/train.py --config=configs/bank_marketing.py --workdir=/tmp/splitjax/bank
+Smoke variant (seconds): --config=configs/bank_marketing.py:smoke
+
+Expected: ~1 min on a 2-core CPU; test AUC ~0.92 after 3 epochs. The call
+`duration` is a server (contact) feature and carries most of the signal, so the
+private features add little (~+0.004 AUC).
+"""
+
+from splitjax import configlib
+
+
+def get_config(arg=None):
+  c = configlib.base_config()
+  c.data.name = "bank_marketing"
+  c.data.private_features = ("marital", "education", "default", "housing", "loan")
+  c.train.num_epochs = 3
+  if arg == "smoke":
+    c.data.max_train_examples = 2048
+    c.data.max_test_examples = 1024
+    c.model.server_hidden = (32,)
+    c.model.cut_dim = 16
+    c.model.device_hidden = (16,)
+    c.train.num_epochs = 2
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; known: smoke")
+  return c

@@ -1,0 +1,60 @@
+"""Run outputs: atomic writes, provenance, and refusing to overwrite results.
+
+A finished file is written to a temporary name in the same folder and renamed,
+so a crash never leaves half a result, and a workdir that already holds a
+finished result is refused rather than overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+
+from splitjax.errors import ConfigError
+
+
+def git_commit() -> str:
+  """The commit of the splitjax checkout, with '-dirty' for local changes."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                           cwd=here, check=True, capture_output=True,
+                           text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+  return commit + ("-dirty" if dirty else "")
+
+
+def refuse_finished(workdir: str, *names: str) -> None:
+  """Raises ConfigError if `workdir` already holds any of the finished files."""
+  for name in names:
+    path = os.path.join(workdir, name)
+    if os.path.exists(path):
+      raise ConfigError(f"--workdir: {path} holds a finished result; choose "
+                        "another workdir (results are never overwritten)")
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` atomically (temporary file, then rename)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def write_json(path: str, obj) -> None:
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: str, rows) -> None:
+  write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

@@ -1,0 +1,47 @@
+"""Shared fixtures: one TFDS cache per test session, the shared data copies."""
+
+import os
+
+import pytest
+
+from splitjax import configlib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.environ.get("SPLITJAX_SHARED_DATA",
+                             os.path.join(REPO, "..", "shared", "data"))
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="session")
+def movielens_dir():
+  path = os.path.join(SHARED_DATA, "movielens_100k")
+  if not os.path.isfile(os.path.join(path, "u.data")):
+    pytest.skip(f"MovieLens 100K official files not found in {path} (set "
+                "SPLITJAX_SHARED_DATA); it is never shipped")
+  return path
+
+
+def small_config(name="synthetic", **overrides):
+  """A tiny, fast config; overrides are dotted paths, e.g. train__mode."""
+  c = configlib.base_config()
+  c.data.name = name
+  c.data.private_features = ("p_cat_0", "p_cat_1")
+  c.data.synthetic.num_examples = 2400
+  c.model.server_hidden = (16,)
+  c.model.embed_dim = 4
+  c.model.cut_dim = 8
+  c.model.device_hidden = (8,)
+  c.train.batch_size = 64
+  c.train.num_epochs = 2
+  c.train.server_only_baseline = False
+  for key, value in overrides.items():
+    node = c
+    parts = key.split("__")
+    for p in parts[:-1]:
+      node = node[p]
+    node[parts[-1]] = value
+  return c

@@ -1,0 +1,159 @@
+"""Data: official readers through TFDS, synthetic, CSV, schema and encoding."""
+
+import gzip
+import os
+import sys
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from splitjax import data
+from splitjax.data import builders, official, synthetic
+from splitjax.data.schema import LABEL
+from conftest import small_config
+
+
+@pytest.fixture(scope="module")
+def adult_tables(tfds_dir):
+  return builders.load("adult", tfds_dir=tfds_dir, manual_dir="",
+                       verify_checksums=True)
+
+
+def test_adult_packaged_rows_match_official_files(adult_tables):
+  train, test = adult_tables["train"], adult_tables["test"]
+  assert train[LABEL].shape == (32561,) and test[LABEL].shape == (16281,)
+  # First lines of adult.data and adult.test, decoded by hand.
+  spec = official.ADULT
+  assert train["age"][0] == 39 and train["fnlwgt"][0] == 77516
+  assert spec.column("workclass").vocab[train["workclass"][0]] == "State-gov"
+  assert spec.column("sex").vocab[train["sex"][0]] == "Male"
+  assert train[LABEL][0] == 0
+  assert test["age"][0] == 25 and test[LABEL][0] == 0  # "<=50K." in the file
+  # Known class balance of Adult: 7,841 of 32,561 training rows are >50K.
+  assert int(train[LABEL].sum()) == 7841
+
+
+def test_fast_decoder_matches_tfds_decoder(adult_tables, tfds_dir):
+  files = official.find_files(official.ADULT_SOURCE, official.packaged_dir(), True)
+  source = builders.Adult(files=files, data_dir=tfds_dir).as_data_source("test")
+  for i in (0, 7, 4000):
+    ex = source[i]
+    row = int(ex["row"])
+    for c in official.ADULT.columns:
+      np.testing.assert_equal(adult_tables["test"][c.name][row], ex[c.name])
+    assert adult_tables["test"][LABEL][row] == ex["label"]
+
+
+def test_bank_split_is_fixed_and_disjoint(tfds_dir):
+  tables = builders.load("bank_marketing", tfds_dir=tfds_dir, manual_dir="",
+                         verify_checksums=True)
+  # The official bank-full.csv (md5 63fd1b...) holds 45,212 data rows, 5,290
+  # of them "yes" (UCI's page says 45,211 instances).
+  assert tables["train"][LABEL].shape[0] + tables["test"][LABEL].shape[0] == 45212
+  assert tables["test"][LABEL].shape[0] == 9042
+  assert int(tables["train"][LABEL].sum() + tables["test"][LABEL].sum()) == 5290
+
+
+def test_movielens_through_manual_folder(tfds_dir, movielens_dir):
+  tables = builders.load("movielens_100k", tfds_dir=tfds_dir,
+                         manual_dir=movielens_dir, verify_checksums=True)
+  assert tables["train"][LABEL].shape[0] == 80000
+  assert tables["test"][LABEL].shape[0] == 20000
+  # u.data line 1: user 196 rated movie 242 a 3 (below 4).
+  both = {k: np.concatenate([tables["train"][k], tables["test"][k]])
+          for k in tables["train"]}
+  spec = official.MOVIELENS
+  users = np.asarray(spec.column("user_id").vocab)[both["user_id"]]
+  movies = np.asarray(spec.column("movie_id").vocab)[both["movie_id"]]
+  hit = np.flatnonzero((users == "196") & (movies == "242"))
+  assert hit.size == 1 and both[LABEL][hit[0]] == 0
+  # Movie 267 alone has no release date: kept as missing, filled at encoding.
+  missing = np.isnan(both["release_year"])
+  assert missing.any() and set(movies[missing]) == {"267"}
+
+
+def test_no_tensorflow_or_torch_imported(adult_tables):
+  assert "tensorflow" not in sys.modules
+  assert "torch" not in sys.modules
+
+
+def test_failed_build_leaves_no_cache(tmp_path):
+  folder = tmp_path / "adult"
+  folder.mkdir()
+  with gzip.open(os.path.join(official.packaged_dir(), "adult.data.gz"), "rt",
+                 encoding="latin-1") as f:
+    lines = f.readlines()
+  lines[5] = lines[5].replace("Private", "Pirate")
+  (folder / "adult.data").write_text("".join(lines), encoding="latin-1")
+  (folder / "adult.test.gz").write_bytes(
+      open(os.path.join(official.packaged_dir(), "adult.test.gz"), "rb").read())
+  cache = tmp_path / "tfds"
+  with pytest.raises(data.DataError, match=r"adult.data, line 6, column 'workclass'"):
+    builders.load("adult", tfds_dir=str(cache), manual_dir=str(folder),
+                  verify_checksums=False)
+  leftovers = [p for p in cache.rglob("*") if p.is_file()]
+  assert leftovers == []
+
+
+def test_schema_normalises_on_train_only():
+  c = small_config(data__private_features=("p_cat_0", "p_num_0"),
+                   data__synthetic__num_private_numeric=1)
+  ds = data.load(c.data)
+  np.testing.assert_allclose(ds.train.x_s_num.mean(0), 0, atol=1e-4)
+  np.testing.assert_allclose(ds.train.x_s_num.std(0), 1, atol=1e-3)
+  np.testing.assert_allclose(ds.train.x_p_num.mean(0), 0, atol=1e-4)
+  assert not np.allclose(ds.test.x_s_num.mean(0), 0, atol=1e-4)
+  assert [f.name for f in ds.schema.private] == ["p_cat_0", "p_num_0"]
+
+
+def test_private_features_are_config_not_code():
+  c = small_config(data__private_features=("s_cat_0",))
+  ds = data.load(c.data)
+  assert [f.name for f in ds.schema.private] == ["s_cat_0"]
+  assert "s_cat_0" not in [f.name for f in ds.schema.server]
+
+
+def test_synthetic_is_deterministic_and_has_known_dependence():
+  cfg = small_config().data.synthetic
+  a, b = synthetic.generate(cfg), synthetic.generate(cfg)
+  for k in a["train"]:
+    np.testing.assert_array_equal(a["train"][k], b["train"][k])
+
+  def agreement(dependence):
+    cfg.num_examples, cfg.dependence = 50_000, dependence
+    t = synthetic.generate(cfg)["train"]
+    # How often p_cat_0 equals the most common value given s_cat_0.
+    s, p = t["s_cat_0"], t["p_cat_0"]
+    best = [np.bincount(p[s == v], minlength=3).max() for v in range(5)]
+    return sum(best) / len(p)
+  assert agreement(0.0) < 0.37  # independent: ~1/3 for 3 values
+  assert agreement(3.0) > 0.5
+
+
+def test_synthetic_scales_without_per_row_python():
+  cfg = small_config().data.synthetic
+  cfg.num_examples = 2_000_000
+  t = synthetic.generate(cfg)
+  assert t["train"][LABEL].shape[0] + t["test"][LABEL].shape[0] == 2_000_000
+
+
+def test_user_csv(tmp_path):
+  path = tmp_path / "mine.csv"
+  rows = ["colour,size,weight,ok,note"]
+  rng = np.random.default_rng(0)
+  for i in range(200):
+    rows.append(f"{rng.choice(['red', 'blue'])},{rng.choice(['S', 'M', 'L'])},"
+                f"{rng.normal():.3f},{rng.choice(['yes', 'no'])},x{i}")
+  path.write_text("\n".join(rows) + "\n")
+  c = small_config("csv", data__private_features=("size",))
+  c.data.csv.path = str(path)
+  c.data.csv.categorical = ("colour", "size")
+  c.data.csv.numeric = ("weight",)
+  c.data.csv.label = "ok"
+  c.data.csv.ignore = ("note",)
+  ds = data.load(c.data)
+  assert ds.train.num_examples == 160 and ds.test.num_examples == 40
+  assert ds.schema.label_vocab == ("no", "yes")
+  assert ds.schema.private[0].vocab == ("L", "M", "S")
+  assert [f.name for f in ds.schema.server] == ["colour", "weight"]

@@ -1,0 +1,145 @@
+"""Bad input: each case gets one line naming what is wrong, and writes nothing."""
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from splitjax import configlib, data, models, training
+from splitjax.data import official
+from splitjax.errors import ConfigError, DataError
+from conftest import REPO, small_config
+
+
+def _adult_copy(folder, edit=None):
+  """Official adult files in `folder`, line `edit[0]` of adult.data edited."""
+  folder.mkdir(parents=True, exist_ok=True)
+  with gzip.open(os.path.join(official.packaged_dir(), "adult.data.gz"), "rt",
+                 encoding="latin-1") as f:
+    lines = f.readlines()
+  if edit:
+    line_no, old, new = edit
+    lines[line_no - 1] = lines[line_no - 1].replace(old, new, 1)
+  (folder / "adult.data").write_text("".join(lines), encoding="latin-1")
+  shutil.copy(os.path.join(official.packaged_dir(), "adult.test.gz"), folder)
+  return str(folder)
+
+
+def _csv(tmp_path, body, header="a,b,c,y"):
+  path = tmp_path / "t.csv"
+  path.write_text(header + "\n" + body)
+  c = small_config("csv", data__private_features=("b",))
+  c.data.csv.path = str(path)
+  c.data.csv.categorical = ("a", "b")
+  c.data.csv.numeric = ("c",)
+  c.data.csv.label = "y"
+  return c
+
+
+def _load(c):
+  configlib.check(c)
+  ds = data.load(c.data)
+  training.make_spec(c, models.make_model(ds.schema, c.model), ds.train)
+
+
+GOOD_ROWS = "".join(f"{'pq'[i % 2]},{'uvw'[i % 3]},{i}.5,{'no' if i % 4 else 'yes'}\n"
+                    for i in range(20))
+
+CASES = {
+    "missing_file": (
+        lambda t: small_config("adult", data__manual_dir=str(t), data__tfds_dir=str(t / "c"),
+                               data__private_features=("sex",)),
+        DataError, r"adult.data: file not found"),
+    "checksum_mismatch": (
+        lambda t: small_config("adult", data__private_features=("sex",),
+                               data__tfds_dir=str(t / "c"),
+                               data__manual_dir=_adult_copy(t / "d", (3, "38", "39"))),
+        DataError, r"adult.data: checksum mismatch"),
+    "category_not_in_vocabulary": (
+        lambda t: small_config("adult", data__private_features=("sex",),
+                               data__tfds_dir=str(t / "c"), data__verify_checksums=False,
+                               data__manual_dir=_adult_copy(t / "d", (4, "Male", "Mail"))),
+        DataError, r"adult.data, line 4, column 'sex': 'Mail' is not in the vocabulary"),
+    "wrong_number_of_columns": (
+        lambda t: _csv(t, GOOD_ROWS + "p,u,1.0\n"),
+        DataError, r"t.csv, line 22: expected 4 columns, found 3"),
+    "empty_cell": (
+        lambda t: _csv(t, GOOD_ROWS + "p,u,,no\n"),
+        DataError, r"t.csv, line 22, column 'c': empty or NaN cell"),
+    "nan_cell": (
+        lambda t: _csv(t, "p,u,NaN,no\n" + GOOD_ROWS),
+        DataError, r"t.csv, line 2, column 'c': empty or NaN cell"),
+    "not_a_number": (
+        lambda t: _csv(t, GOOD_ROWS + "p,u,heavy,no\n"),
+        DataError, r"t.csv, line 22, column 'c': 'heavy' is not a number"),
+    "csv_undeclared_column": (
+        lambda t: _csv(t, GOOD_ROWS.replace(",no\n", ",no,1\n").replace(",yes\n", ",yes,1\n"),
+                       header="a,b,c,y,extra"),
+        ConfigError, r"columns \['extra'\] .* are not declared"),
+    "unknown_feature": (
+        lambda t: small_config(data__private_features=("p_cat_0", "shoe_size")),
+        ConfigError, r"data.private_features: unknown feature 'shoe_size'"),
+    "unknown_dataset": (
+        lambda t: small_config("adultt"),
+        ConfigError, r"data.name: unknown data set 'adultt'"),
+    "negative_width": (
+        lambda t: small_config(model__server_hidden=(16, -4)),
+        ConfigError, r"model.server_hidden: widths must be positive integers"),
+    "batch_larger_than_data": (
+        lambda t: small_config(train__batch_size=5000),
+        ConfigError, r"train.batch_size: 5000 is larger than the 1920 training"),
+    "manual_dir_not_a_folder": (
+        lambda t: small_config("adult", data__manual_dir=str(t / "nope"),
+                               data__private_features=("sex",)),
+        DataError, r"nope: data.manual_dir is not a folder"),
+    "label_epsilon_not_positive": (
+        lambda t: small_config(defence__label_epsilon=0.0),
+        ConfigError, r"defence.label_epsilon: must be > 0"),
+    "stale_without_fsl": (
+        lambda t: small_config(view__knowledge="stale"),
+        ConfigError, r"view.knowledge: 'stale' needs train.mode='fsl'"),
+    "fsl_clients_too_small": (
+        lambda t: small_config(train__mode="fsl", fsl__num_clients=100,
+                               fsl__client_batch_size=16, fsl__local_steps=2),
+        ConfigError, r"fsl.client_batch_size: 16 x fsl.local_steps 2 exceeds the 19"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_names_what_is_wrong(case, tmp_path):
+  make, error, pattern = CASES[case]
+  c = make(tmp_path)
+  with pytest.raises(error, match=pattern) as info:
+    _load(c)
+  assert "\n" not in str(info.value)
+  cache = tmp_path / "c"
+  if cache.exists():  # No half-written TFDS cache.
+    assert [p for p in cache.rglob("*") if p.is_file()] == []
+
+
+def _train_cli(args, cwd):
+  return subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py"),
+                         *args], cwd=cwd, capture_output=True, text=True,
+                        timeout=300)
+
+
+def test_cli_bad_input_exits_nonzero_with_one_line_and_no_workdir(tmp_path):
+  workdir = tmp_path / "run"
+  r = _train_cli([f"--config={REPO}/configs/synthetic.py:smoke",
+                  "--config.data.private_features=('p_cat_0','shoe_size')",
+                  f"--workdir={workdir}"], tmp_path)
+  assert r.returncode == 2
+  errors = [l for l in r.stderr.splitlines() if l.startswith("splitjax: error:")]
+  assert len(errors) == 1 and "shoe_size" in errors[0]
+  assert not workdir.exists()
+
+
+def test_cli_typo_in_config_field_is_refused(tmp_path):
+  r = _train_cli([f"--config={REPO}/configs/synthetic.py:smoke",
+                  "--config.train.num_epoch=3", f"--workdir={tmp_path / 'run'}"],
+                 tmp_path)
+  assert r.returncode != 0 and "num_epoch" in r.stderr
+  assert not (tmp_path / "run").exists()

@@ -1,0 +1,122 @@
+"""SL/FSL training: determinism, vmap over settings, FedAvg, no recompiles."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from splitjax import data, models, training
+from conftest import small_config
+
+ROW = dict(seed=0, clip_norm=0.0, noise_multiplier=0.0, label_epsilon=math.inf,
+           use_private=1.0)
+
+
+def _trainer(c):
+  ds = data.load(c.data)
+  model = models.make_model(ds.schema, c.model)
+  spec = training.make_spec(c, model, ds.train)
+  return training.Trainer(spec), jax.device_put(ds.train), jax.device_put(ds.test)
+
+
+@pytest.fixture(scope="module")
+def sl():
+  return _trainer(small_config())
+
+
+def _run(trainer, train, test, rows, epochs=2):
+  _, history, views = training.train(trainer, train, test,
+                                     training.make_settings(rows), epochs)
+  return history, views
+
+
+def test_same_seed_is_bit_identical(sl):
+  a, _ = _run(*sl, [ROW])
+  b, _ = _run(*sl, [ROW])
+  assert a == b
+  c, _ = _run(*sl, [dict(ROW, seed=1)])
+  assert a != c
+
+
+def test_vmapped_settings_match_separate_runs(sl):
+  rows = [dict(ROW, seed=0), dict(ROW, seed=1, clip_norm=0.5, noise_multiplier=1.0),
+          dict(ROW, seed=2, label_epsilon=1.0), dict(ROW, seed=3, use_private=0.0)]
+  together, _ = _run(*sl, rows)
+  for i, row in enumerate(rows):
+    alone, _ = _run(*sl, [row])
+    for epoch in range(2):
+      for k, v in alone[epoch][0].items():
+        np.testing.assert_allclose(together[epoch][i][k], v, rtol=2e-4, atol=2e-5)
+
+
+def test_epochs_do_not_recompile():
+  trainer, train, test = _trainer(small_config())
+  _run(trainer, train, test, [ROW], epochs=3)
+  _run(trainer, train, test, [dict(ROW, seed=5, noise_multiplier=2.0)], epochs=1)
+  assert trainer.epoch._cache_size() == 1
+  assert trainer.evaluate._cache_size() == 1
+
+
+def test_model_learns_and_private_features_help(sl):
+  history, _ = _run(*sl, [ROW, dict(ROW, use_private=0.0)], epochs=4)
+  split, server_only = history[-1]
+  assert split["test_auc"] > 0.75
+  assert split["test_auc"] > server_only["test_auc"] + 0.01
+
+
+def test_view_capture_records_messages_as_sent():
+  c = small_config(view__capture=True)
+  trainer, train, test = _trainer(c)
+  _, views = _run(trainer, train, test, [ROW], epochs=1)
+  v = views[0]
+  steps, b = 1920 // 64, 64
+  assert v.ids.shape == (1, steps, b) and v.messages.shape == (1, steps, b, 8)
+  assert sorted(np.asarray(v.ids[0]).ravel().tolist()) == sorted(
+      set(np.asarray(v.ids[0]).ravel().tolist()))  # Each record once an epoch.
+  np.testing.assert_array_equal(v.step[0], np.arange(steps))
+  assert jax.tree.leaves(v.device_params)[0].shape[:3] == (1, steps, 1)
+
+
+def test_binary_auc_matches_pairwise_definition():
+  rng = np.random.default_rng(0)
+  s = rng.integers(0, 5, 300).astype(np.float32)  # many ties
+  y = rng.integers(0, 2, 300)
+  pos, neg = s[y == 1], s[y == 0]
+  want = ((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
+  np.testing.assert_allclose(training.binary_auc(jnp.asarray(s), jnp.asarray(y)),
+                             want, rtol=1e-5)
+
+
+def test_fedavg_is_mean_of_client_params():
+  c = small_config(train__mode="fsl", fsl__num_clients=4, fsl__local_steps=3,
+                   fsl__client_batch_size=8)
+  trainer, train, _ = _trainer(c)
+  spec = trainer.spec
+  setting = jax.tree.map(lambda a: a[0], training.make_settings([ROW]))
+  state = training.init_state(spec, train.y, setting)
+  part = training.client_partition(spec, setting)
+  idx = part[:, :3 * 8].reshape(4, 3, 8).transpose(1, 0, 2)
+  keys = training.setting_keys(setting)
+  new, clients, _ = training.fsl_round(spec, train, setting, keys.noise,
+                                       jnp.int32(0), state, idx)
+  leaves = jax.tree.leaves(clients)
+  assert leaves[0].shape[0] == 4
+  # Clients drift apart during local steps...
+  assert not np.allclose(leaves[0][0], leaves[0][1])
+  # ...and the server's new model is exactly their mean.
+  jax.tree.map(lambda avg, cl: np.testing.assert_allclose(avg, np.mean(cl, 0),
+                                                          rtol=1e-6, atol=1e-7),
+               new.device_params, clients)
+  assert int(new.step) == 3
+
+
+def test_fsl_with_100_clients_trains():
+  c = small_config(train__mode="fsl", fsl__num_clients=100, fsl__local_steps=2,
+                   fsl__client_batch_size=8, data__synthetic__num_examples=5000)
+  trainer, train, test = _trainer(c)
+  history, _ = _run(trainer, train, test, [ROW], epochs=2)
+  assert history[-1][0]["test_auc"] > 0.6
+  assert history[-1][0]["train_loss"] < history[0][0]["train_loss"]
