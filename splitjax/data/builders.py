@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
@@ -159,6 +160,9 @@ def load(name: str, *, tfds_dir: str, manual_dir: str,
   else:
     files = None
   builder = BUILDERS[name](files=files, data_dir=os.path.expanduser(tfds_dir))
+  if not os.path.isdir(builder.data_dir):
+    logging.info("preparing %s once into %s", name, builder.data_dir)
+  tfds.disable_progress_bar()
   builder.download_and_prepare()
   return {split: _read_split(builder, split, source.spec)
           for split in builder.info.splits}
