@@ -18,6 +18,9 @@ from splitjax.errors import ConfigError
 
 MODES = ("sl", "fsl")
 KNOWLEDGE = ("white_box", "stale", "none")
+ATTACKS = ("prior", "server_model", "exact", "bayes_exact", "gradmatch",
+           "label_norm", "label_direction")
+BAYES_PRIORS = ("server_model", "marginal", "uniform")
 PRIVATE_ENCODINGS = ("one_hot", "embed")
 
 
@@ -76,6 +79,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.view = ml_collections.ConfigDict()
   c.view.capture = False
   c.view.knowledge = "white_box"
+
+  # Attacks (scripts/attack.py): the attacker is the server.
+  c.attack = ml_collections.ConfigDict()
+  c.attack.names = ("prior", "server_model", "exact", "bayes_exact",
+                    "label_norm", "label_direction")
+  c.attack.epochs = ()  # 1-based epochs to attack after; () = the last.
+  c.attack.aux_fraction = 0.1
+  c.attack.aux_seed = 0
+  c.attack.exact = ml_collections.ConfigDict(dict(
+      metric="l2", chunk_candidates=256, max_candidates=2_000_000,
+      max_chunk_mb=1024.0, numeric_grids=(), max_steps=0))
+  c.attack.bayes = ml_collections.ConfigDict(dict(
+      prior="server_model", noiseless_scale=1e-4))
+  c.attack.server_model = ml_collections.ConfigDict(dict(
+      hidden=64, num_steps=500, learning_rate=1e-2))
+  c.attack.gradmatch = ml_collections.ConfigDict(dict(
+      num_restarts=16, num_steps=1000, learning_rate=0.05, max_records=1024,
+      hybrid=True, beta_start=2.0, beta_end=200.0))
   return c
 
 
@@ -126,6 +147,24 @@ def check(config: ml_collections.ConfigDict) -> None:
         f"unknown {config.view.knowledge!r}; known: {list(KNOWLEDGE)}")
   _need(config.view.knowledge != "stale" or t.mode == "fsl", "view.knowledge",
         "'stale' needs train.mode='fsl' (it is the FedAvg round-start model)")
+  a = config.attack
+  for name in a.names:
+    _need(name in ATTACKS, "attack.names", f"unknown attack {name!r}; known: "
+          f"{list(ATTACKS)}")
+  for e in a.epochs:
+    _need(1 <= e <= t.num_epochs, "attack.epochs",
+          f"epoch {e} is outside 1..train.num_epochs={t.num_epochs}")
+  _need(0 < a.aux_fraction < 1, "attack.aux_fraction",
+        f"must be in (0, 1), got {a.aux_fraction}")
+  _need(a.exact.chunk_candidates > 0, "attack.exact.chunk_candidates",
+        f"must be positive, got {a.exact.chunk_candidates}")
+  _need(a.bayes.prior in BAYES_PRIORS, "attack.bayes.prior",
+        f"unknown {a.bayes.prior!r}; known: {list(BAYES_PRIORS)}")
+  _need(a.gradmatch.num_restarts > 0 and a.gradmatch.num_steps > 0,
+        "attack.gradmatch", "num_restarts and num_steps must be positive")
+  needs_model = {"exact", "bayes_exact", "gradmatch"} & set(a.names)
+  _need(not needs_model or config.view.knowledge != "none", "attack.names",
+        f"{sorted(needs_model)} need the device model; view.knowledge is 'none'")
 
 
 def config_hash(config: ml_collections.ConfigDict) -> str:

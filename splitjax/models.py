@@ -128,3 +128,55 @@ def make_model(schema: Schema, model_config) -> SplitModel:
       num_outputs=num_outputs)
   return SplitModel(server, head, schema.num_classes,
                     num_private_numeric=len(schema.private_numeric))
+
+
+# The device head split at its first layer. Attacks evaluate the head for many
+# candidate private inputs per record: the first layer's pre-activation is
+# (record part h @ W_h + b) + (candidate part p @ W_p), so each part is computed
+# once (per record, per candidate) instead of once per pair.
+
+
+def _first_layer_name(model: SplitModel) -> str:
+  return "hidden_0" if model.head.hidden else "logits"
+
+
+def head_record_pre(model: SplitModel, device_params, h: jax.Array) -> jax.Array:
+  """h @ W_h + b: the record's part of the first pre-activation, [..., H]."""
+  layer = device_params["params"][_first_layer_name(model)]
+  d = h.shape[-1]
+  return h @ layer["kernel"][:d] + layer["bias"]
+
+
+def head_w_h(model: SplitModel, device_params) -> jax.Array:
+  """W_h [d, H]: the first layer's weights on h (d = cut_dim)."""
+  layer = device_params["params"][_first_layer_name(model)]
+  return layer["kernel"][:model.server.cut_dim]
+
+
+def head_private_pre(model: SplitModel, device_params, p: jax.Array) -> jax.Array:
+  """p @ W_p (after the embedding, if any): the candidate's part, [..., H]."""
+  params = device_params["params"]
+  head = model.head
+  if head.private_encoding == "embed" and head.private_vocab_sizes:
+    blocks, start = [], 0
+    for j, v in enumerate(head.private_vocab_sizes):
+      blocks.append(p[..., start:start + v] @ params[f"embed_{j}"]["kernel"])
+      start += v
+    p = jnp.concatenate(blocks + [p[..., start:]], axis=-1)
+  return p @ params[_first_layer_name(model)]["kernel"][model.server.cut_dim:]
+
+
+def head_tail(model: SplitModel, device_params, pre: jax.Array,
+              activation=nn.relu) -> jax.Array:
+  """The head from its first pre-activation to the logits.
+
+  `activation` lets an attacker evaluate a smoothed surrogate of the ReLU.
+  """
+  params = device_params["params"]
+  if not model.head.hidden:
+    return pre
+  x = activation(pre)
+  for i in range(1, len(model.head.hidden)):
+    layer = params[f"hidden_{i}"]
+    x = activation(x @ layer["kernel"] + layer["bias"])
+  return x @ params["logits"]["kernel"] + params["logits"]["bias"]

@@ -1,0 +1,107 @@
+"""Baselines: what the server knows without any gradient.
+
+- `prior`: the most frequent value of each private categorical and of the
+  label in the auxiliary sample (the median for a numeric).
+- `server_model`: a small MLP trained on the auxiliary sample to predict each
+  private feature and the label from x_s. Its log-probabilities also serve as
+  Bayesian EXACT's prior.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from splitjax.attacks.knowledge import AuxSample, ServerData
+
+
+class Prediction(NamedTuple):
+  """A baseline's prediction for every training record."""
+  cat: np.ndarray   # int32 [N, private categoricals]
+  num: np.ndarray   # float32 [N, private numerics], normalised units
+  label: np.ndarray # int32 [N]
+  log_probs: tuple  # ([N, V_j] per categorical, [N, K] label), or None
+
+
+def prior(aux: AuxSample, num_records: int, vocab_sizes, num_labels) -> Prediction:
+  """Most frequent value in the auxiliary sample, for every record."""
+  x_p_cat, x_p_num, y = (np.asarray(a) for a in (aux.x_p_cat, aux.x_p_num, aux.y))
+  cat = [np.bincount(x_p_cat[:, j], minlength=v).argmax()
+         for j, v in enumerate(vocab_sizes)]
+  num = np.median(x_p_num, axis=0) if x_p_num.shape[1] else np.zeros(0)
+  label = np.bincount(y, minlength=num_labels).argmax()
+  return Prediction(np.tile(np.asarray(cat, np.int32), (num_records, 1)),
+                    np.tile(num.astype(np.float32), (num_records, 1)),
+                    np.full(num_records, label, np.int32), None)
+
+
+def marginal_log_probs(aux: AuxSample, num_records: int, vocab_sizes, num_labels):
+  """Aux-sample marginals (add-one smoothed) as a per-record log prior."""
+  def table(x, v):
+    counts = np.bincount(np.asarray(x), minlength=v) + 1.0
+    return jnp.tile(jnp.log(counts / counts.sum()), (num_records, 1))
+  return (tuple(table(aux.x_p_cat[:, j], v) for j, v in enumerate(vocab_sizes)),
+          table(aux.y, num_labels))
+
+
+class _Heads(nn.Module):
+  vocab_sizes: tuple[int, ...]
+  server_vocab_sizes: tuple[int, ...]
+  num_numeric: int
+  num_labels: int
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x_cat, x_num):
+    parts = [jax.nn.one_hot(x_cat[:, j], v) for j, v in enumerate(self.server_vocab_sizes)]
+    x = jnp.concatenate(parts + [x_num], -1)
+    if self.hidden:
+      x = nn.relu(nn.Dense(self.hidden)(x))
+    cats = [nn.Dense(v, name=f"cat_{j}")(x) for j, v in enumerate(self.vocab_sizes)]
+    num = (nn.Dense(self.num_numeric, name="num")(x) if self.num_numeric
+           else jnp.zeros((x.shape[0], 0)))
+    label = nn.Dense(self.num_labels, name="label")(x)
+    return cats, num, label
+
+
+def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_sizes,
+                 num_labels: int, *, hidden: int, num_steps: int,
+                 learning_rate: float, seed: int) -> Prediction:
+  """Trains the x_s -> (x_p, y) classifier on the auxiliary sample (full batch,
+  Adam) and predicts every record from its x_s."""
+  net = _Heads(tuple(vocab_sizes), tuple(server_vocab_sizes), aux.x_p_num.shape[1],
+               num_labels, hidden)
+  params = net.init(jax.random.key(seed), aux.x_s_cat[:1], aux.x_s_num[:1])
+  opt = optax.adam(learning_rate)
+
+  def loss_fn(params):
+    cats, num, label = net.apply(params, aux.x_s_cat, aux.x_s_num)
+    loss = optax.softmax_cross_entropy_with_integer_labels(label, aux.y).mean()
+    for j, logits in enumerate(cats):
+      loss += optax.softmax_cross_entropy_with_integer_labels(logits, aux.x_p_cat[:, j]).mean()
+    if aux.x_p_num.shape[1]:
+      loss += jnp.mean((num - aux.x_p_num) ** 2)
+    return loss
+
+  @jax.jit
+  def fit(params):
+    def step(carry, _):
+      params, state = carry
+      grads = jax.grad(loss_fn)(params)
+      updates, state = opt.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), None
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None,
+                                  length=num_steps)
+    cats, num, label = net.apply(params, server.x_s_cat, server.x_s_num)
+    return ([jax.nn.log_softmax(c) for c in cats], num, jax.nn.log_softmax(label))
+
+  cats, num, label = fit(params)
+  cat_pred = (np.stack([np.asarray(c.argmax(-1)) for c in cats], 1) if cats
+              else np.zeros((label.shape[0], 0)))
+  return Prediction(cat_pred.astype(np.int32), np.asarray(num, np.float32),
+                    np.asarray(label.argmax(-1), np.int32), (tuple(cats), label))

@@ -1,0 +1,154 @@
+"""What the attacking server knows besides its ServerView.
+
+- `ServerData`: its own features x_s of every training record, by record id.
+- `AuxSample`: complete records (x_s, x_p, y) of a disjoint auxiliary sample
+  (default 10 % of the training split). They are excluded from the targets.
+- `Mechanism`: the public parameters of the message defence.
+- `CandidateSpace`: every combination of private values an exhaustive attack
+  enumerates (categoricals by vocabulary, numerics on a declared grid).
+
+Nothing here holds a target record's x_p or y: `split_aux` is the one place
+that reads the private arrays, and it keeps only the auxiliary rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from splitjax.data.schema import Arrays, Schema
+from splitjax.errors import ConfigError
+
+
+class ServerData(NamedTuple):
+  """The server's own features of every training record (row = record id)."""
+  x_s_cat: jax.Array
+  x_s_num: jax.Array
+
+
+class AuxSample(NamedTuple):
+  """Complete records the server knows; never attacked."""
+  ids: jax.Array      # int32 [A]
+  x_s_cat: jax.Array
+  x_s_num: jax.Array
+  x_p_cat: jax.Array
+  x_p_num: jax.Array
+  y: jax.Array
+
+
+class Mechanism(NamedTuple):
+  """The public message defence: clip norm C (0 = none), noise stddev / C."""
+  clip_norm: float
+  noise_multiplier: float
+
+  @property
+  def noise_stddev(self) -> float:
+    return self.noise_multiplier * self.clip_norm
+
+
+def split_aux(train: Arrays, fraction: float, seed: int
+              ) -> tuple[ServerData, AuxSample, np.ndarray]:
+  """Splits the training records into the server's knowledge and the targets.
+
+  Returns:
+    ServerData for all records, the AuxSample, and a boolean [N] mask of the
+    target records (those not in the auxiliary sample).
+  """
+  if not 0 < fraction < 1:
+    raise ConfigError(f"attack.aux_fraction: must be in (0, 1), got {fraction}")
+  n = train.num_examples
+  num_aux = max(1, int(round(n * fraction)))
+  ids = np.sort(np.random.default_rng(seed).permutation(n)[:num_aux])
+  targets = np.ones(n, bool)
+  targets[ids] = False
+  aux = AuxSample(jnp.asarray(ids, jnp.int32), *(jnp.asarray(a[ids]) for a in (
+      train.x_s_cat, train.x_s_num, train.x_p_cat, train.x_p_num, train.y)))
+  return ServerData(jnp.asarray(train.x_s_cat), jnp.asarray(train.x_s_num)), aux, targets
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateSpace:
+  """Private candidates in mixed radix: categoricals first, then numerics.
+
+  Attributes:
+    radices: values per private feature, in `model.encode_private` order.
+    num_categorical: how many of them are categoricals.
+    grids: normalised grid values of each numeric feature.
+    raw_grids: the same grids in the feature's own units.
+    num_labels: label classes (handled in closed form, not enumerated).
+  """
+  radices: tuple[int, ...]
+  num_categorical: int
+  grids: tuple[tuple[float, ...], ...]
+  raw_grids: tuple[tuple[float, ...], ...]
+  num_labels: int
+
+  @property
+  def size(self) -> int:
+    return math.prod(self.radices)
+
+  def digits(self, index: jax.Array) -> jax.Array:
+    """Candidate indices [C] -> per-feature value indices [C, F]."""
+    out = []
+    for r in reversed(self.radices):
+      out.append(index % r)
+      index = index // r
+    return jnp.stack(out[::-1], axis=-1) if out else index[:, None][:, :0]
+
+  def encode(self, digits: jax.Array) -> jax.Array:
+    """Per-feature value indices [C, F] -> the head's private input [C, P]."""
+    parts = [jax.nn.one_hot(digits[:, j], r, dtype=jnp.float32)
+             for j, r in enumerate(self.radices[:self.num_categorical])]
+    for k, grid in enumerate(self.grids):
+      parts.append(jnp.asarray(grid, jnp.float32)[digits[:, self.num_categorical + k]][:, None])
+    return jnp.concatenate(parts, axis=-1)
+
+  def numeric_values(self, digits: jax.Array) -> jax.Array:
+    """Raw (unnormalised) numeric values of candidates [C, F] -> [C, F_num]."""
+    cols = [jnp.asarray(g, jnp.float32)[digits[:, self.num_categorical + k]]
+            for k, g in enumerate(self.raw_grids)]
+    return jnp.stack(cols, -1) if cols else jnp.zeros((digits.shape[0], 0))
+
+
+def candidate_space(schema: Schema, numeric_grids: tuple[str, ...]) -> CandidateSpace:
+  """Builds the space; numeric private features need a 'name:lo:hi:step' grid.
+
+  Raises:
+    ConfigError: a numeric private feature without a grid, or a bad grid.
+  """
+  grids = {}
+  for spec in numeric_grids:
+    parts = spec.split(":")
+    if len(parts) != 4:
+      raise ConfigError(f"attack.exact.numeric_grids: {spec!r} is not "
+                        "'name:lo:hi:step'")
+    try:
+      lo, hi, step = (float(x) for x in parts[1:])
+    except ValueError:
+      raise ConfigError(f"attack.exact.numeric_grids: {spec!r} has a "
+                        "non-numeric bound") from None
+    if step <= 0 or hi < lo:
+      raise ConfigError(f"attack.exact.numeric_grids: {spec!r} needs lo <= hi "
+                        "and step > 0")
+    grids[parts[0]] = np.arange(lo, hi + step / 2, step)
+  names = [f.name for f in schema.private_numeric]
+  unknown = sorted(set(grids) - set(names))
+  if unknown:
+    raise ConfigError(f"attack.exact.numeric_grids: {unknown} are not numeric "
+                      f"private features ({names})")
+  missing = [n for n in names if n not in grids]
+  if missing:
+    raise ConfigError(f"attack.exact.numeric_grids: no grid for numeric private "
+                      f"features {missing}; add 'name:lo:hi:step'")
+  raw = tuple(tuple(float(v) for v in grids[f.name]) for f in schema.private_numeric)
+  norm = tuple(tuple((v - f.mean) / f.std for v in g)
+               for f, g in zip(schema.private_numeric, raw))
+  radices = (tuple(f.vocab_size for f in schema.private_categorical)
+             + tuple(len(g) for g in raw))
+  return CandidateSpace(radices, len(schema.private_categorical), norm, raw,
+                        schema.num_classes)

@@ -1,0 +1,229 @@
+"""The attack job: train with view capture, attack, and score against the truth.
+
+This module is the evaluator, not the attacker: it is the one place where an
+attack's predictions meet the private values they try to recover. The attacks
+in `splitjax.attacks` receive a ServerView, the server's own features, the
+auxiliary sample and the public mechanism, and never the targets' x_p or y.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from splitjax import configlib, data, models, training
+from splitjax import workdir as wd
+from splitjax.attacks import baselines, exact, gradmatch, knowledge, label_only
+
+
+def _acc(pred, true, mask):
+  return float(np.mean(pred[mask] == true[mask])) if mask.any() else math.nan
+
+
+def confusion(pred, true, mask, k):
+  return np.bincount(true[mask] * k + pred[mask], minlength=k * k).reshape(k, k).tolist()
+
+
+def calibration(confidence, correct, num_bins=10):
+  """Expected calibration error and the reliability table of a posterior."""
+  bins = np.minimum((confidence * num_bins).astype(int), num_bins - 1)
+  table, ece = [], 0.0
+  for b in range(num_bins):
+    sel = bins == b
+    if sel.any():
+      conf, acc = float(confidence[sel].mean()), float(correct[sel].mean())
+      ece += sel.mean() * abs(conf - acc)
+      table.append({"bin": b, "count": int(sel.sum()), "confidence": conf,
+                    "accuracy": acc})
+  return {"ece": float(ece), "reliability": table}
+
+
+def score(schema, truth, noisy_labels, mask, pred_cat, pred_num, pred_label,
+          prior_scores=None, posterior=None):
+  """Per-feature and label accuracy, all-correct rate, advantage over the
+  prior, MAE in standard deviations for numerics, confusion matrices, and the
+  posterior's calibration."""
+  out = {"num_records": int(mask.sum()), "features": {}}
+  correct_all = np.ones(mask.sum(), bool)
+  for j, f in enumerate(schema.private_categorical):
+    if pred_cat is None:
+      break
+    t, p = truth.x_p_cat[:, j], pred_cat[:, j]
+    acc = _acc(p, t, mask)
+    out["features"][f.name] = {"accuracy": acc,
+                               "confusion": confusion(p, t, mask, f.vocab_size)}
+    correct_all &= (p == t)[mask]
+  for k, f in enumerate(schema.private_numeric):
+    if pred_num is None:
+      break
+    err = np.abs(pred_num[:, k] - truth.x_p_num[:, k])[mask]  # normalised units
+    out["features"][f.name] = {"mae_std": float(err.mean()),
+                               "accuracy_within_half_unit": float(np.mean(err * f.std <= 0.5))}
+  if pred_label is not None:
+    out["label"] = {"accuracy": _acc(pred_label, truth.y, mask),
+                    "confusion": confusion(pred_label, truth.y, mask, schema.num_classes)}
+    if noisy_labels is not None:
+      out["label"]["noisy_label_accuracy"] = _acc(pred_label, noisy_labels, mask)
+    correct_all &= (pred_label == truth.y)[mask]
+    if pred_cat is not None:
+      out["all_correct"] = float(correct_all.mean())
+  if prior_scores is not None:
+    for name, m in out["features"].items():
+      if "accuracy" in m and name in prior_scores["features"]:
+        m["advantage_over_prior"] = m["accuracy"] - prior_scores["features"][name]["accuracy"]
+    if "label" in out and "label" in prior_scores:
+      out["label"]["advantage_over_prior"] = (out["label"]["accuracy"]
+                                              - prior_scores["label"]["accuracy"])
+  if posterior is not None:
+    ok = correct_all if pred_cat is not None else (pred_label == truth.y)[mask]
+    out["calibration"] = calibration(posterior[mask], ok)
+    out["mean_posterior"] = float(posterior[mask].mean())
+  return out
+
+
+def _auc(score_, labels):
+  return float(training.binary_auc(jnp.asarray(score_), jnp.asarray(labels)))
+
+
+def run(config, workdir: str) -> dict:
+  """Trains with view capture, runs `config.attack.names` after the chosen
+  epochs, and writes attack_metrics.json (and config.json) to workdir."""
+  configlib.check(config)
+  wd.refuse_finished(workdir, "attack_metrics.json")
+  names = tuple(config.attack.names)
+  dataset = data.load(config.data)
+  schema = dataset.schema
+  model = models.make_model(schema, config.model)
+  spec = dataclasses.replace(training.make_spec(config, model, dataset.train),
+                             capture_view=True)
+  space = None
+  if {"exact", "bayes_exact"} & set(names):
+    space = knowledge.candidate_space(schema, tuple(config.attack.exact.numeric_grids))
+    exact.check_memory(space, dataset.train.num_examples, spec.batch_size,
+                       (model.head.hidden or (1,))[0],
+                       min(config.attack.exact.chunk_candidates, space.size),
+                       config.attack.exact.max_chunk_mb,
+                       config.attack.exact.max_candidates)
+  server, aux, targets = knowledge.split_aux(dataset.train, config.attack.aux_fraction,
+                                             config.attack.aux_seed)
+  mech = knowledge.Mechanism(float(config.defence.clip_norm),
+                             float(config.defence.noise_multiplier))
+  n = dataset.train.num_examples
+  vocab = [f.vocab_size for f in schema.private_categorical]
+  server_vocab = [f.vocab_size for f in schema.server_categorical]
+  epochs = sorted(set(config.attack.epochs)) or [config.train.num_epochs]
+  provenance = {"config_hash": configlib.config_hash(config), "seed": config.seed,
+                "git_commit": wd.git_commit()}
+  os.makedirs(workdir, exist_ok=True)
+  wd.write_json(os.path.join(workdir, "config.json"),
+                {"config": config.to_dict(), "schema": schema.to_json(), **provenance})
+
+  d = config.defence
+  settings = training.make_settings([dict(seed=config.seed, clip_norm=d.clip_norm,
+                                          noise_multiplier=d.noise_multiplier,
+                                          label_epsilon=d.label_epsilon, use_private=1.0)])
+  trainer = training.Trainer(spec)
+
+  def on_epoch(epoch, rows, seconds):
+    logging.info("epoch %d/%d: test AUC %.4f, train loss %.4f (%.1f s)", epoch + 1,
+                 config.train.num_epochs, rows[0]["test_auc"], rows[0]["train_loss"], seconds)
+
+  state, history, views = training.train(
+      trainer, jax.device_put(dataset.train), jax.device_put(dataset.test), settings,
+      config.train.num_epochs, on_epoch)
+  views = [jax.tree.map(lambda a: a[0], v) for v in views]
+  noisy = (np.asarray(state.labels[0]) if math.isfinite(d.label_epsilon) else None)
+
+  truth = dataset.train
+  prior_pred = baselines.prior(aux, n, vocab, schema.num_classes)
+  sm = None
+  if "server_model" in names or (config.attack.bayes.prior == "server_model"
+                                 and "bayes_exact" in names):
+    c = config.attack.server_model
+    sm = baselines.server_model(aux, server, vocab, server_vocab, schema.num_classes,
+                                hidden=c.hidden, num_steps=c.num_steps,
+                                learning_rate=c.learning_rate, seed=config.attack.aux_seed)
+
+  results = {"epochs": {}, "history": [r[0] for r in history],
+             "aux_records": int(aux.ids.shape[0]), **provenance}
+  for epoch in epochs:
+    view = views[epoch - 1]
+    seen = np.zeros(n, bool)
+    seen[np.asarray(view.ids).ravel()] = True
+    mask = targets & seen
+    per = {}
+    score_args = (schema, truth, noisy, mask)
+    per["prior"] = score(*score_args, prior_pred.cat, prior_pred.num, prior_pred.label)
+    prior_scores = per["prior"]
+    if "prior" not in names:
+      del per["prior"]
+    if sm is not None and "server_model" in names:
+      per["server_model"] = score(*score_args, sm.cat, sm.num, sm.label, prior_scores)
+    ex = config.attack.exact
+    if "exact" in names:
+      start = time.perf_counter()
+      v = view if not ex.max_steps else jax.tree.map(lambda a: a[:ex.max_steps], view)
+      r = exact.attack(model, space, mech, [v], n, metric=ex.metric,
+                       chunk_candidates=ex.chunk_candidates, max_chunk_mb=ex.max_chunk_mb,
+                       max_candidates=ex.max_candidates)
+      m = mask & r.seen
+      per["exact"] = score(schema, truth, noisy, m, *_split(space, r, schema),
+                           r.label, prior_scores)
+      per["exact"]["seconds"] = time.perf_counter() - start
+    if "bayes_exact" in names:
+      start = time.perf_counter()
+      log_prior = {"server_model": sm.log_probs if sm else None,
+                   "marginal": baselines.marginal_log_probs(aux, n, vocab, schema.num_classes),
+                   "uniform": None}[config.attack.bayes.prior]
+      r = exact.attack(model, space, mech, views[:epoch], n, bayes=True,
+                       log_prior=log_prior,
+                       noiseless_scale=config.attack.bayes.noiseless_scale,
+                       chunk_candidates=ex.chunk_candidates,
+                       max_chunk_mb=ex.max_chunk_mb, max_candidates=ex.max_candidates)
+      per["bayes_exact"] = score(schema, truth, noisy, mask & r.seen,
+                                 *_split(space, r, schema), r.label, prior_scores,
+                                 posterior=r.posterior)
+      per["bayes_exact"]["releases_per_record"] = epoch
+      per["bayes_exact"]["seconds"] = time.perf_counter() - start
+    if "gradmatch" in names:
+      g = config.attack.gradmatch
+      start = time.perf_counter()
+      r = gradmatch.attack(model, schema, mech, view, aux, n, num_restarts=g.num_restarts,
+                           num_steps=g.num_steps, learning_rate=g.learning_rate,
+                           max_records=g.max_records, hybrid=g.hybrid,
+                           beta_start=g.beta_start, beta_end=g.beta_end,
+                           seed=config.seed)
+      per["gradmatch"] = score(schema, truth, noisy, mask & r.seen, r.cat, r.num,
+                               r.label, prior_scores)
+      per["gradmatch"]["seconds"] = time.perf_counter() - start
+    for name, fn in (("label_norm", label_only.norm_attack),
+                     ("label_direction", label_only.direction_attack)):
+      if name in names:
+        r = fn(view, aux, n, schema.num_classes)
+        per[name] = score(schema, truth, noisy, mask & r.seen, None, None, r.label,
+                          prior_scores)
+        per[name]["label"]["auc"] = _auc(r.score[mask & r.seen], truth.y[mask & r.seen])
+    results["epochs"][str(epoch)] = per
+    for name, m in per.items():
+      feats = ", ".join(f"{k} {v.get('accuracy', v.get('mae_std', math.nan)):.4f}"
+                        for k, v in m["features"].items())
+      label = m.get("label", {}).get("accuracy", math.nan)
+      logging.info("epoch %d %s: %s%slabel %.4f", epoch, name, feats,
+                   ", " if feats else "", label)
+  wd.write_json(os.path.join(workdir, "attack_metrics.json"), results)
+  return results
+
+
+def _split(space, r, schema):
+  """EXACT's digits -> (categorical codes, normalised numeric values)."""
+  cat = r.digits[:, :space.num_categorical]
+  num = np.stack([np.asarray(space.grids[k], np.float32)[r.digits[:, space.num_categorical + k]]
+                  for k in range(len(space.grids))], 1) if space.grids else None
+  return cat if space.num_categorical else None, num
