@@ -6,6 +6,8 @@ sent, g(c, y) = dl/dh at (h_i, c, y) under the device params it knows, passes it
 through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
 
 - EXACT: the candidate nearest the message (L2 or cosine), one release.
+  Cosine drops the message's scale, (dl/dlogit), so it cannot separate
+  candidates that share the head's ReLU pattern; L2 is the default.
 - Bayesian EXACT: log p(c, y | releases) = log prior(c, y | x_s)
   - sum_r ||g_r - clip(g_r(c, y))||^2 / (2 (sigma C)^2), over every release r of
   the record seen so far (each with the device params of its step). It reports

@@ -1,0 +1,211 @@
+"""Attacks: known answers on synthetic data, isolation from the private truth."""
+
+import ast
+import glob
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from splitjax import data, models, training
+from splitjax.attacks import baselines, exact, gradmatch, knowledge, label_only
+from splitjax.errors import ConfigError
+from conftest import REPO, small_config
+
+ROW = dict(seed=0, clip_norm=0.0, noise_multiplier=0.0, label_epsilon=math.inf,
+           use_private=1.0)
+
+
+def _captured(c, row=ROW, epochs=2):
+  c.view.capture = True
+  ds = data.load(c.data)
+  model = models.make_model(ds.schema, c.model)
+  spec = training.make_spec(c, model, ds.train)
+  _, _, views = training.train(training.Trainer(spec), jax.device_put(ds.train),
+                               jax.device_put(ds.test), training.make_settings([row]),
+                               epochs)
+  return ds, model, [jax.tree.map(lambda a: a[0], v) for v in views]
+
+
+@pytest.fixture(scope="module")
+def run():
+  return _captured(small_config(data__synthetic__num_examples=1600))
+
+
+def _acc(pred, true, mask):
+  return np.mean(pred[mask] == true[mask], axis=0)
+
+
+def test_exact_recovers_everything_without_noise(run):
+  ds, model, views = run
+  space = knowledge.candidate_space(ds.schema, ())
+  r = exact.attack(model, space, knowledge.Mechanism(0.0, 0.0), views[-1:],
+                   ds.train.num_examples, chunk_candidates=4)
+  assert r.seen.sum() == 1280  # 1280 // 64 steps x 64
+  np.testing.assert_array_equal(_acc(r.digits, ds.train.x_p_cat, r.seen), [1.0, 1.0])
+  assert _acc(r.label, ds.train.y, r.seen) == 1.0
+  # Cosine drops the message's scale: candidates that share the head's ReLU
+  # pattern differ only in scale, so it is weaker, though the label's sign
+  # survives.
+  cos = exact.attack(model, space, knowledge.Mechanism(0.0, 0.0), views[-1:],
+                     ds.train.num_examples, metric="cosine")
+  assert _acc(cos.label, ds.train.y, cos.seen) == 1.0
+  assert _acc(cos.digits, ds.train.x_p_cat, cos.seen).min() > 0.5
+
+
+def test_exact_under_clipping_clips_candidates_too(run):
+  ds, model, views = run
+  view = views[-1]
+  norms = np.linalg.norm(np.asarray(view.messages), axis=-1)
+  c = float(np.median(norms))  # Half the messages get clipped.
+  clipped = view._replace(messages=exact.clip(view.messages, c))
+  space = knowledge.candidate_space(ds.schema, ())
+  n = ds.train.num_examples
+  aware = exact.attack(model, space, knowledge.Mechanism(c, 0.0), [clipped], n)
+  unaware = exact.attack(model, space, knowledge.Mechanism(0.0, 0.0), [clipped], n)
+  under = np.zeros(n, bool)
+  under[np.asarray(view.ids)[norms < c]] = True
+  # Under the bound, clipping is the identity and the match stays exact...
+  np.testing.assert_array_equal(_acc(aware.digits, ds.train.x_p_cat, under), [1.0, 1.0])
+  # ...and clipping the candidates as the device does beats ignoring it.
+  full = aware.seen
+  assert (_acc(aware.digits, ds.train.x_p_cat, full).mean()
+          > _acc(unaware.digits, ds.train.x_p_cat, full).mean() + 0.05)
+  assert _acc(aware.label, ds.train.y, full) == 1.0
+
+
+def test_pure_noise_messages_give_prior_level_accuracy(run):
+  ds, model, views = run
+  space = knowledge.candidate_space(ds.schema, ())
+  server, aux, targets = knowledge.split_aux(ds.train, 0.25, 0)
+  n = ds.train.num_examples
+  scale = 10.0  # far above every message norm here
+  noise_views = [v._replace(messages=scale * jax.random.normal(jax.random.key(i), v.messages.shape))
+                 for i, v in enumerate(views)]
+  mech = knowledge.Mechanism(1.0, scale)
+  vocab = [f.vocab_size for f in ds.schema.private_categorical]
+  prior = baselines.prior(aux, n, vocab, 2)
+  log_prior = baselines.marginal_log_probs(aux, n, vocab, 2)
+  r = exact.attack(model, space, mech, noise_views, n, bayes=True, log_prior=log_prior)
+  mask = targets & r.seen
+  m = mask.sum()
+  for j in range(2):
+    p0 = _acc(prior.cat[:, j], ds.train.x_p_cat[:, j], mask)
+    se = math.sqrt(p0 * (1 - p0) / m)
+    got = _acc(r.digits[:, j], ds.train.x_p_cat[:, j], mask)
+    assert abs(got - p0) <= 3 * se, (j, got, p0, se)
+  plain = exact.attack(model, space, mech, noise_views[-1:], n)
+  for j in range(2):  # Plain EXACT on noise is no better than the prior.
+    p0 = _acc(prior.cat[:, j], ds.train.x_p_cat[:, j], mask & plain.seen)
+    se = math.sqrt(p0 * (1 - p0) / (mask & plain.seen).sum())
+    assert _acc(plain.digits[:, j], ds.train.x_p_cat[:, j], mask & plain.seen) <= p0 + 3 * se
+
+
+def test_bayes_accumulates_releases_over_epochs():
+  # sigma = 2, C = 0.05: one release says little, three say more.
+  c = small_config(data__synthetic__num_examples=1600)
+  row = dict(ROW, clip_norm=0.05, noise_multiplier=2.0)
+  ds, model, views = _captured(c, row, epochs=3)
+  space = knowledge.candidate_space(ds.schema, ())
+  n = ds.train.num_examples
+  mech = knowledge.Mechanism(0.05, 2.0)
+  one = exact.attack(model, space, mech, views[:1], n, bayes=True)
+  three = exact.attack(model, space, mech, views, n, bayes=True)
+  mask = one.seen & three.seen
+  acc1 = _acc(one.label, ds.train.y, mask)
+  acc3 = _acc(three.label, ds.train.y, mask)
+  assert acc3 > acc1 + 0.02, (acc1, acc3)
+  assert np.all((three.posterior >= 0) & (three.posterior <= 1 + 1e-6))
+
+
+def test_gradmatch_recovers_numeric_features():
+  c = small_config(data__private_features=("p_cat_0", "p_num_0"),
+                   data__synthetic__num_private_numeric=1,
+                   data__synthetic__num_examples=1600)
+  ds, model, views = _captured(c)
+  _, aux, _ = knowledge.split_aux(ds.train, 0.2, 0)
+  r = gradmatch.attack(model, ds.schema, knowledge.Mechanism(0.0, 0.0), views[-1], aux,
+                       ds.train.num_examples, num_restarts=4, num_steps=200,
+                       learning_rate=0.05, max_records=128, hybrid=True,
+                       beta_start=2.0, beta_end=200.0, seed=0)
+  assert r.seen.sum() == 128
+  err = np.abs(r.num[r.seen, 0] - ds.train.x_p_num[r.seen, 0])
+  assert np.median(err) < 0.05 and err.mean() < 0.15, (np.median(err), err.mean())
+  assert _acc(r.cat, ds.train.x_p_cat, r.seen)[0] > 0.95
+  assert _acc(r.label, ds.train.y, r.seen) > 0.95
+
+
+def test_label_only_attacks_beat_chance(run):
+  ds, _, views = run
+  _, aux, targets = knowledge.split_aux(ds.train, 0.1, 0)
+  n = ds.train.num_examples
+  r = label_only.direction_attack(views[-1], aux, n, 2)
+  mask = targets & r.seen
+  assert _acc(r.label, ds.train.y, mask) > 0.9
+  auc = float(training.binary_auc(jnp.asarray(r.score[mask]), jnp.asarray(ds.train.y[mask])))
+  assert auc > 0.9
+  norm = label_only.norm_attack(views[-1], aux, n, 2)
+  assert norm.seen.sum() == r.seen.sum()
+
+
+@pytest.mark.parametrize("knowledge_setting", ["white_box", "stale"])
+def test_exact_under_fsl_knowledge(knowledge_setting):
+  c = small_config(train__mode="fsl", fsl__num_clients=4, fsl__local_steps=5,
+                   fsl__client_batch_size=16, view__knowledge=knowledge_setting,
+                   data__synthetic__num_examples=1600)
+  ds, model, views = _captured(c, epochs=1)
+  p = jax.tree.leaves(views[0].device_params)[0]
+  assert p.shape[1] == (4 if knowledge_setting == "white_box" else 1)
+  space = knowledge.candidate_space(ds.schema, ())
+  r = exact.attack(model, space, knowledge.Mechanism(0.0, 0.0), views, ds.train.num_examples)
+  acc = _acc(r.label, ds.train.y, r.seen)
+  if knowledge_setting == "white_box":
+    assert acc == 1.0
+  else:
+    assert acc > 0.6  # Stale params: still far above chance, no longer exact.
+
+
+def test_candidate_space_and_its_errors():
+  c = small_config(data__private_features=("p_cat_0", "p_num_0"),
+                   data__synthetic__num_private_numeric=1)
+  schema = data.load(c.data).schema
+  space = knowledge.candidate_space(schema, ("p_num_0:-1:1:0.5",))
+  assert space.radices == (3, 5) and space.size == 15
+  digits = space.digits(jnp.arange(15))
+  assert digits.tolist()[:6] == [[0, 0], [0, 1], [0, 2], [0, 3], [0, 4], [1, 0]]
+  assert space.encode(digits).shape == (15, 3 + 1)
+  with pytest.raises(ConfigError, match="no grid for numeric private features"):
+    knowledge.candidate_space(schema, ())
+  with pytest.raises(ConfigError, match="is not 'name:lo:hi:step'"):
+    knowledge.candidate_space(schema, ("p_num_0:1:2",))
+  with pytest.raises(ConfigError, match="candidate space has 15 private"):
+    exact.check_memory(space, 100, 8, 8, 4, 1e9, max_candidates=10)
+  with pytest.raises(ConfigError, match="chunk_candidates: 4 candidates need"):
+    exact.check_memory(space, 10**8, 8, 8, 4, 1.0, max_candidates=100)
+
+
+def test_aux_sample_is_disjoint_from_targets():
+  ds = data.load(small_config().data)
+  server, aux, targets = knowledge.split_aux(ds.train, 0.1, 0)
+  assert aux.ids.shape[0] == 192 and targets.sum() == 1920 - 192
+  assert not targets[np.asarray(aux.ids)].any()
+  assert set(server._fields) == {"x_s_cat", "x_s_num"}
+
+
+def test_attack_modules_cannot_reach_training_or_data_loading():
+  allowed = {"splitjax.models", "splitjax.protocol", "splitjax.errors",
+             "splitjax.data.schema", "splitjax.attacks", "splitjax"}
+  for path in glob.glob(os.path.join(REPO, "splitjax", "attacks", "*.py")):
+    tree = ast.parse(open(path).read())
+    for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("splitjax"):
+        mods = [node.module] if node.module != "splitjax" else [
+            f"splitjax.{a.name}" for a in node.names]
+        for mod in mods:
+          assert any(mod == a or mod.startswith(a + ".") for a in allowed - {"splitjax"}), (
+              f"{os.path.basename(path)} imports {mod}")
+      if isinstance(node, ast.Import):
+        assert not any(a.name.startswith("splitjax") for a in node.names)
