@@ -212,7 +212,8 @@ def run(config, workdir: str) -> dict:
         per[name]["label"]["auc"] = _auc(r.score[mask & r.seen], truth.y[mask & r.seen])
     results["epochs"][str(epoch)] = per
     for name, m in per.items():
-      feats = ", ".join(f"{k} {v.get('accuracy', v.get('mae_std', math.nan)):.4f}"
+      feats = ", ".join(f"{k} {v['accuracy']:.4f}" if "accuracy" in v
+                        else f"{k} MAE {v['mae_std']:.4f} sd"
                         for k, v in m["features"].items())
       label = m.get("label", {}).get("accuracy", math.nan)
       logging.info("epoch %d %s: %s%slabel %.4f", epoch, name, feats,

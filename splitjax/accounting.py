@@ -1,0 +1,154 @@
+"""Privacy accounting for the split-learning threat model, with dp-accounting.
+
+Threat model (SPEC §4): the server sees each record's message once per epoch
+and knows whose it is. A record's privacy is therefore the composition of E
+Gaussian releases with L2 sensitivity 2C under replacement of that record's
+(x_p, y), with noise stddev sigma * C, and no amplification by subsampling.
+
+dp-accounting's `GaussianDpEvent(noise_multiplier)` is the Gaussian mechanism
+with noise stddev / sensitivity = noise_multiplier. Our stddev / sensitivity is
+sigma C / (2 C) = sigma / 2, so each epoch is `GaussianDpEvent(sigma / 2)`;
+stated this way the event means the same under any neighbouring relation.
+
+Label DP (k-ary randomized response with epsilon_label, drawn once) is a
+separate epsilon_label-DP release of y; the total adds the two epsilons (basic
+composition, delta unchanged).
+
+The DP-SGD-style number (Poisson sampling q = B/N, noise multiplier sigma,
+add/remove, one event per step) is reported beside these only as what a
+DP-SGD accountant would say; it does not match this threat model, because the
+server knows which records are in each batch.
+
+This module imports no model code.
+"""
+
+from __future__ import annotations
+
+import math
+
+import dp_accounting
+from dp_accounting import pld, rdp
+
+from splitjax.errors import ConfigError
+
+ACCOUNTANTS = ("pld", "rdp")
+
+
+def cut_layer_event(noise_multiplier: float, num_epochs: int) -> dp_accounting.DpEvent:
+  """E releases of one record's clipped, noised message.
+
+  Guarantee: replace-one neighbouring relation on (x_p, y); L2 sensitivity 2C;
+  noise N(0, (sigma C)^2 I); one release per epoch; no subsampling.
+  """
+  return dp_accounting.SelfComposedDpEvent(
+      dp_accounting.GaussianDpEvent(noise_multiplier / 2.0), num_epochs)
+
+
+def dpsgd_event(noise_multiplier: float, sampling_probability: float,
+                num_steps: int) -> dp_accounting.DpEvent:
+  """What DP-SGD accounting would assume: Poisson sampling, add/remove."""
+  return dp_accounting.SelfComposedDpEvent(
+      dp_accounting.PoissonSampledDpEvent(
+          sampling_probability, dp_accounting.GaussianDpEvent(noise_multiplier)),
+      num_steps)
+
+
+def _accountant(name: str, relation=None):
+  relation = relation or dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+  if name == "pld":
+    return pld.PLDAccountant(relation)
+  if name == "rdp":
+    return rdp.RdpAccountant(neighboring_relation=relation)
+  raise ConfigError(f"accountant: unknown {name!r}; known: {list(ACCOUNTANTS)}")
+
+
+def epsilon(event: dp_accounting.DpEvent, delta: float, accountant: str = "pld") -> float:
+  """epsilon at delta of an event, from the named accountant."""
+  acc = _accountant(accountant)
+  acc.compose(event)
+  return float(acc.get_epsilon(delta))
+
+
+def label_epsilon(epsilon_label: float, num_classes: int) -> float:
+  """epsilon of k-ary randomized response under replace-one on y.
+
+  The likelihood ratio of any output between two labels is at most
+  keep / other = e^eps_label, so epsilon is computed from the mechanism's own
+  probabilities. (dp-accounting's RandomizedResponseDpEvent is defined only
+  for add/remove and REPLACE_SPECIAL, i.e. against a uniform output, which
+  understates the replace-one epsilon.)
+  """
+  if math.isinf(epsilon_label):
+    return math.inf
+  keep = math.exp(epsilon_label) / (math.exp(epsilon_label) + num_classes - 1)
+  other = (1.0 - keep) / (num_classes - 1)
+  return math.log(keep / other)
+
+
+def check_delta(delta: float) -> None:
+  if not 0 < delta < 1:
+    raise ConfigError(f"defence.delta: must be in (0, 1), got {delta}")
+
+
+def report(*, clip_norm: float, noise_multiplier: float, clip: bool,
+           label_epsilon_: float, num_classes: int, num_epochs: int,
+           batch_size: int, num_train: int, delta: float) -> list[dict]:
+  """epsilon after each epoch: both accountants, label DP, total, DP-SGD's.
+
+  Without clipping (or without noise) a message's sensitivity is unbounded
+  (or it is released exactly): epsilon is inf.
+  """
+  check_delta(delta)
+  rows = []
+  eps_label = label_epsilon(label_epsilon_, num_classes)
+  private = clip and clip_norm > 0 and noise_multiplier > 0
+  steps_per_epoch = num_train // batch_size
+  for e in range(1, num_epochs + 1):
+    if private:
+      ev = cut_layer_event(noise_multiplier, e)
+      eps_pld, eps_rdp = epsilon(ev, delta, "pld"), epsilon(ev, delta, "rdp")
+      eps_dpsgd = epsilon(dpsgd_event(noise_multiplier, batch_size / num_train,
+                                      e * steps_per_epoch), delta, "rdp")
+      mu = mu_gdp(noise_multiplier, e)
+    else:
+      eps_pld = eps_rdp = eps_dpsgd = mu = math.inf
+    rows.append({"epoch": e, "delta": delta, "epsilon_pld": eps_pld,
+                 "epsilon_rdp": eps_rdp, "mu_gdp": mu,
+                 "epsilon_label": eps_label,
+                 "epsilon_total": eps_pld + (0.0 if math.isinf(label_epsilon_) else eps_label),
+                 "epsilon_dpsgd_not_this_threat_model": eps_dpsgd})
+  return rows
+
+
+def mu_gdp(noise_multiplier: float, num_epochs: int) -> float:
+  """mu of E composed Gaussian releases, sensitivity 2C, noise sigma C:
+  mu = sqrt(E) * 2C / (sigma C) = 2 sqrt(E) / sigma (Dong, Roth, Su 2019)."""
+  if noise_multiplier <= 0:
+    return math.inf
+  return 2.0 * math.sqrt(num_epochs) / noise_multiplier
+
+
+def calibrate_noise_multiplier(target_epsilon: float, num_epochs: int, delta: float,
+                               accountant: str = "pld", lower: float = 0.05,
+                               upper: float = 500.0) -> float:
+  """The smallest sigma whose E releases give epsilon <= target at delta.
+
+  Raises:
+    ConfigError: the target is out of reach for sigma in [lower, upper].
+  """
+  check_delta(delta)
+  if not target_epsilon > 0:
+    raise ConfigError(f"defence.target_epsilon: must be > 0, got {target_epsilon}")
+  make_event = lambda sigma: cut_layer_event(sigma, num_epochs)
+  reach_hi = epsilon(make_event(upper), delta, accountant)
+  reach_lo = epsilon(make_event(lower), delta, accountant)
+  if not reach_hi <= target_epsilon:
+    raise ConfigError(
+        f"defence.target_epsilon: {target_epsilon} is below the epsilon "
+        f"{reach_hi:.4g} of the largest noise multiplier searched ({upper}) "
+        f"for {num_epochs} epochs at delta {delta}")
+  if reach_lo <= target_epsilon:
+    return lower
+  return float(dp_accounting.calibrate_dp_mechanism(
+      lambda: _accountant(accountant), make_event, target_epsilon, delta,
+      dp_accounting.ExplicitBracketInterval(lower, upper), tol=1e-4))
