@@ -29,7 +29,7 @@ from splitjax.attacks import exact, gradmatch, knowledge
 _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.")
 
-ROW = dict(seed=0, clip_norm=0.0, noise_multiplier=0.0, label_epsilon=math.inf,
+ROW = dict(seed=0, clip_norm=0.0, noise_stddev=0.0, label_epsilon=math.inf,
            use_private=1.0)
 
 
@@ -106,7 +106,9 @@ def bench_optimiser(num_records=256, restarts=8, steps=500):
 
   def loop():
     for i in range(loop_records):
-      one = jax.tree.map(lambda a: a[:, i:i + 1], view)
+      one = view._replace(ids=view.ids[:, i:i + 1], h=view.h[:, i:i + 1],
+                          messages=view.messages[:, i:i + 1],
+                          param_index=view.param_index[:, i:i + 1])
       gradmatch.attack(model, ds.schema, mech, one, aux, n, max_records=1,
                        batch_records=1, **kw)
 

@@ -25,7 +25,7 @@ from splitjax import configlib, data, models, training, workdir
 _EPOCHS = flags.DEFINE_integer("epochs", 3, "Timed epochs per driver.")
 _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
 
-ROW = dict(seed=0, clip_norm=0.0, noise_multiplier=0.0, label_epsilon=math.inf,
+ROW = dict(seed=0, clip_norm=0.0, noise_stddev=0.0, label_epsilon=math.inf,
            use_private=1.0)
 
 

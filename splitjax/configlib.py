@@ -69,12 +69,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.fsl.local_steps = 5
   c.fsl.client_batch_size = 32
 
-  # The message hook: clip_norm 0 = no clipping; noise stddev is
-  # noise_multiplier * clip_norm; label_epsilon inf = no label DP.
+  # Defences on the device (any combination): clip each message to L2 norm
+  # clip_norm; add N(0, (noise_multiplier * clip_norm)^2 I); label randomized
+  # response with label_epsilon (inf = off). target_epsilon > 0 picks
+  # noise_multiplier for num_epochs at delta (needs clip and noise).
   c.defence = ml_collections.ConfigDict()
-  c.defence.clip_norm = 0.0
-  c.defence.noise_multiplier = 0.0
+  c.defence.clip = False
+  c.defence.noise = False
+  c.defence.clip_norm = 0.1
+  c.defence.noise_multiplier = 1.0
+  c.defence.target_epsilon = 0.0  # 0 = use noise_multiplier as given.
   c.defence.label_epsilon = math.inf
+  c.defence.delta = 1e-5
+  c.defence.accountant = "pld"
 
   c.view = ml_collections.ConfigDict()
   c.view.capture = False
@@ -136,13 +143,18 @@ def check(config: ml_collections.ConfigDict) -> None:
     _need(getattr(f, name) > 0, f"fsl.{name}",
           f"must be positive, got {getattr(f, name)}")
   d = config.defence
-  _need(d.clip_norm >= 0, "defence.clip_norm", f"must be >= 0, got {d.clip_norm}")
+  _need(d.clip_norm > 0, "defence.clip_norm", f"must be > 0, got {d.clip_norm}")
   _need(d.noise_multiplier >= 0, "defence.noise_multiplier",
         f"must be >= 0, got {d.noise_multiplier}")
-  _need(d.noise_multiplier == 0 or d.clip_norm > 0, "defence.noise_multiplier",
-        "noise needs defence.clip_norm > 0 (noise stddev = noise_multiplier * clip_norm)")
   _need(d.label_epsilon > 0, "defence.label_epsilon",
         f"must be > 0 (inf = off), got {d.label_epsilon}")
+  _need(0 < d.delta < 1, "defence.delta", f"must be in (0, 1), got {d.delta}")
+  _need(d.target_epsilon >= 0, "defence.target_epsilon",
+        f"must be >= 0 (0 = off), got {d.target_epsilon}")
+  _need(not d.target_epsilon or (d.clip and d.noise), "defence.target_epsilon",
+        "needs defence.clip=True and defence.noise=True")
+  _need(d.accountant in ("pld", "rdp"), "defence.accountant",
+        f"unknown {d.accountant!r}; known: ['pld', 'rdp']")
   _need(config.view.knowledge in KNOWLEDGE, "view.knowledge",
         f"unknown {config.view.knowledge!r}; known: {list(KNOWLEDGE)}")
   _need(config.view.knowledge != "stale" or t.mode == "fsl", "view.knowledge",

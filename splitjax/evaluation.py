@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from splitjax import configlib, data, models, training
+from splitjax import audit, configlib, data, models, training
 from splitjax import workdir as wd
 from splitjax.attacks import baselines, exact, gradmatch, knowledge, label_only
 
@@ -113,8 +113,9 @@ def run(config, workdir: str) -> dict:
                        config.attack.exact.max_candidates)
   server, aux, targets = knowledge.split_aux(dataset.train, config.attack.aux_fraction,
                                              config.attack.aux_seed)
-  mech = knowledge.Mechanism(float(config.defence.clip_norm),
-                             float(config.defence.noise_multiplier))
+  defence = training.defence_setting(config, spec)
+  mech = knowledge.Mechanism(float(defence["clip_norm"]), float(defence["noise_stddev"]))
+  eps = training.accounting_rows(config, spec, defence)
   n = dataset.train.num_examples
   vocab = [f.vocab_size for f in schema.private_categorical]
   server_vocab = [f.vocab_size for f in schema.server_categorical]
@@ -126,9 +127,7 @@ def run(config, workdir: str) -> dict:
                 {"config": config.to_dict(), "schema": schema.to_json(), **provenance})
 
   d = config.defence
-  settings = training.make_settings([dict(seed=config.seed, clip_norm=d.clip_norm,
-                                          noise_multiplier=d.noise_multiplier,
-                                          label_epsilon=d.label_epsilon, use_private=1.0)])
+  settings = training.make_settings([dict(seed=config.seed, **defence, use_private=1.0)])
   trainer = training.Trainer(spec)
 
   def on_epoch(epoch, rows, seconds):
@@ -143,16 +142,21 @@ def run(config, workdir: str) -> dict:
 
   truth = dataset.train
   prior_pred = baselines.prior(aux, n, vocab, schema.num_classes)
-  sm = None
-  if "server_model" in names or (config.attack.bayes.prior == "server_model"
-                                 and "bayes_exact" in names):
+  # The server model is always fitted: its confidences are the attacker's
+  # per-record prior kappa_i for the audit's ceilings.
+  if True:
     c = config.attack.server_model
     sm = baselines.server_model(aux, server, vocab, server_vocab, schema.num_classes,
                                 hidden=c.hidden, num_steps=c.num_steps,
                                 learning_rate=c.learning_rate, seed=config.attack.aux_seed)
 
   results = {"epochs": {}, "history": [r[0] for r in history],
+             "accounting": eps, "noise_multiplier": defence["noise_multiplier"],
              "aux_records": int(aux.ids.shape[0]), **provenance}
+  kappa_all = {f.name: np.exp(np.asarray(t).max(-1))
+               for f, t in zip(schema.private_categorical, sm.log_probs[0])}
+  kappa_all["label"] = np.exp(np.asarray(sm.log_probs[1]).max(-1))
+  violations = []
   for epoch in epochs:
     view = views[epoch - 1]
     seen = np.zeros(n, bool)
@@ -210,15 +214,32 @@ def run(config, workdir: str) -> dict:
         per[name] = score(schema, truth, noisy, mask & r.seen, None, None, r.label,
                           prior_scores)
         per[name]["label"]["auc"] = _auc(r.score[mask & r.seen], truth.y[mask & r.seen])
+    caps = audit.ceilings({k: v[mask] for k, v in kappa_all.items()},
+                          eps[epoch - 1]["mu_gdp"], d.label_epsilon)
+    for name, m in per.items():
+      for attr, ceiling in caps.items():
+        entry = m.get("label") if attr == "label" else m["features"].get(attr)
+        if entry and "accuracy" in entry:
+          entry["audit"] = audit.check(entry["accuracy"], m["num_records"], ceiling)
+          if entry["audit"]["violation"]:
+            violations.append(f"epoch {epoch} {name} {attr}: accuracy "
+                              f"{entry['accuracy']:.4f} > ceiling {ceiling:.4f}")
+    per["ceilings"] = caps
     results["epochs"][str(epoch)] = per
     for name, m in per.items():
+      if name == "ceilings":
+        continue
       feats = ", ".join(f"{k} {v['accuracy']:.4f}" if "accuracy" in v
                         else f"{k} MAE {v['mae_std']:.4f} sd"
                         for k, v in m["features"].items())
       label = m.get("label", {}).get("accuracy", math.nan)
       logging.info("epoch %d %s: %s%slabel %.4f", epoch, name, feats,
                    ", " if feats else "", label)
+  results["audit_violations"] = violations
   wd.write_json(os.path.join(workdir, "attack_metrics.json"), results)
+  if violations:
+    raise audit.AuditViolation("privacy audit failed (a bug in the mechanism, "
+                               "accountant or attack): " + "; ".join(violations))
   return results
 
 

@@ -36,7 +36,7 @@ class Setting(NamedTuple):
   """Per-setting values; stack them on a leading axis to vmap."""
   seed: jax.Array              # int32
   clip_norm: jax.Array         # float32, 0 = no clipping
-  noise_multiplier: jax.Array  # float32, noise stddev / clip_norm
+  noise_stddev: jax.Array      # float32, absolute stddev of the message noise
   label_epsilon: jax.Array     # float32, inf = no label DP
   use_private: jax.Array       # float32, 1 = split model, 0 = server-only
 
@@ -46,7 +46,7 @@ def make_settings(rows: list[dict]) -> Setting:
   def col(name, dtype):
     return jnp.asarray([r[name] for r in rows], dtype)
   return Setting(col("seed", jnp.int32), col("clip_norm", jnp.float32),
-                 col("noise_multiplier", jnp.float32),
+                 col("noise_stddev", jnp.float32),
                  col("label_epsilon", jnp.float32),
                  col("use_private", jnp.float32))
 
@@ -174,8 +174,8 @@ def _server_update(spec, state, g_server):
 
 
 def _defend(setting, noise_key, step, messages):
-  transform = defences.cut_layer_gaussian(setting.clip_norm,
-                                          setting.noise_multiplier)
+  transform = defences.chain(defences.clip_by_l2_norm(setting.clip_norm),
+                             defences.add_gaussian_noise(setting.noise_stddev))
   return transform.update(messages, jax.random.fold_in(noise_key, step))
 
 
@@ -412,6 +412,41 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
   return state, history, views
 
 
+def defence_setting(config, spec: TrainSpec) -> dict:
+  """The Setting fields of `config.defence`, calibrating sigma if asked.
+
+  Returns clip_norm (0 = no clipping), noise_stddev and label_epsilon, plus
+  noise_multiplier (the sigma used) for the record.
+  """
+  from absl import logging
+  from splitjax import accounting
+  d = config.defence
+  sigma = d.noise_multiplier
+  if d.target_epsilon:
+    sigma = accounting.calibrate_noise_multiplier(
+        d.target_epsilon, config.train.num_epochs, d.delta, d.accountant)
+    logging.info("calibrated noise multiplier %.4f for epsilon %.3g at delta %.1e "
+                 "over %d epochs", sigma, d.target_epsilon, d.delta,
+                 config.train.num_epochs)
+  return dict(clip_norm=d.clip_norm if d.clip else 0.0,
+              noise_stddev=sigma * d.clip_norm if d.noise else 0.0,
+              noise_multiplier=sigma if d.noise else 0.0,
+              label_epsilon=d.label_epsilon)
+
+
+def accounting_rows(config, spec: TrainSpec, mech: dict) -> list[dict]:
+  """Per-epoch epsilons (splitjax.accounting.report) of a run's defence."""
+  from splitjax import accounting
+  d = config.defence
+  return accounting.report(
+      clip_norm=d.clip_norm, noise_multiplier=mech["noise_multiplier"],
+      clip=d.clip, label_epsilon_=d.label_epsilon,
+      num_classes=spec.model.num_classes, num_epochs=config.train.num_epochs,
+      batch_size=spec.batch_size if spec.mode == "sl" else spec.client_batch_size,
+      num_train=spec.num_train if spec.mode == "sl" else spec.records_per_client,
+      delta=d.delta)
+
+
 def run(config, workdir: str) -> list[dict]:
   """The training job: trains the split model and its server-only baseline.
 
@@ -433,10 +468,9 @@ def run(config, workdir: str) -> list[dict]:
   model = models.make_model(dataset.schema, config.model)
   spec = make_spec(config, model, dataset.train)
   trainer = Trainer(spec)
-  d = config.defence
-  rows = [dict(seed=config.seed, clip_norm=d.clip_norm,
-               noise_multiplier=d.noise_multiplier,
-               label_epsilon=d.label_epsilon, use_private=1.0)]
+  mech = defence_setting(config, spec)
+  rows = [dict(seed=config.seed, **mech, use_private=1.0)]
+  eps = accounting_rows(config, spec, mech)
   if config.train.server_only_baseline:
     rows.append(dict(rows[0], use_private=0.0))
   settings = make_settings(rows)
@@ -456,7 +490,8 @@ def run(config, workdir: str) -> list[dict]:
   def on_epoch(epoch, rows_, seconds):
     examples = spec.examples_per_epoch * len(rows_)
     row = {"epoch": epoch + 1, **rows_[0], "seconds": seconds,
-           "examples_per_second": examples / seconds, **provenance}
+           "examples_per_second": examples / seconds, **eps[epoch],
+           "noise_multiplier": mech["noise_multiplier"], **provenance}
     line = (f"epoch {epoch + 1}/{config.train.num_epochs}: train loss "
             f"{row['train_loss']:.4f}, test AUC {row['test_auc']:.4f}, "
             f"accuracy {row['test_accuracy']:.4f}, log-loss "
@@ -466,6 +501,8 @@ def run(config, workdir: str) -> list[dict]:
       row["auc_gain"] = row["test_auc"] - rows_[1]["test_auc"]
       line += (f" | server-only AUC {rows_[1]['test_auc']:.4f} "
                f"(gain {row['auc_gain']:+.4f})")
+    if math.isfinite(row["epsilon_total"]):
+      line += f" | epsilon {row['epsilon_total']:.3g} at delta {row['delta']:g}"
     line += (f" | {row['examples_per_second']:,.0f} examples/s"
              + (" (incl. compile)" if epoch == 0 else ""))
     logging.info(line)

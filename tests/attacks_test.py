@@ -15,7 +15,7 @@ from splitjax.attacks import baselines, exact, gradmatch, knowledge, label_only
 from splitjax.errors import ConfigError
 from conftest import REPO, small_config
 
-ROW = dict(seed=0, clip_norm=0.0, noise_multiplier=0.0, label_epsilon=math.inf,
+ROW = dict(seed=0, clip_norm=0.0, noise_stddev=0.0, label_epsilon=math.inf,
            use_private=1.0)
 
 
@@ -82,7 +82,7 @@ def test_pure_noise_messages_give_prior_level_accuracy(run):
   space = knowledge.candidate_space(ds.schema, ())
   server, aux, targets = knowledge.split_aux(ds.train, 0.25, 0)
   n = ds.train.num_examples
-  scale = 10.0  # far above every message norm here
+  scale = 10.0  # far above every message norm here (stddev)
   noise_views = [v._replace(messages=scale * jax.random.normal(jax.random.key(i), v.messages.shape))
                  for i, v in enumerate(views)]
   mech = knowledge.Mechanism(1.0, scale)
@@ -107,11 +107,11 @@ def test_pure_noise_messages_give_prior_level_accuracy(run):
 def test_bayes_accumulates_releases_over_epochs():
   # sigma = 2, C = 0.05: one release says little, three say more.
   c = small_config(data__synthetic__num_examples=1600)
-  row = dict(ROW, clip_norm=0.05, noise_multiplier=2.0)
+  row = dict(ROW, clip_norm=0.05, noise_stddev=0.1)
   ds, model, views = _captured(c, row, epochs=3)
   space = knowledge.candidate_space(ds.schema, ())
   n = ds.train.num_examples
-  mech = knowledge.Mechanism(0.05, 2.0)
+  mech = knowledge.Mechanism(0.05, 0.1)
   one = exact.attack(model, space, mech, views[:1], n, bayes=True)
   three = exact.attack(model, space, mech, views, n, bayes=True)
   mask = one.seen & three.seen

@@ -42,7 +42,8 @@ def _csv(tmp_path, body, header="a,b,c,y"):
 def _load(c):
   configlib.check(c)
   ds = data.load(c.data)
-  training.make_spec(c, models.make_model(ds.schema, c.model), ds.train)
+  spec = training.make_spec(c, models.make_model(ds.schema, c.model), ds.train)
+  training.defence_setting(c, spec)
 
 
 GOOD_ROWS = "".join(f"{'pq'[i % 2]},{'uvw'[i % 3]},{i}.5,{'no' if i % 4 else 'yes'}\n"
@@ -101,6 +102,22 @@ CASES = {
     "stale_without_fsl": (
         lambda t: small_config(view__knowledge="stale"),
         ConfigError, r"view.knowledge: 'stale' needs train.mode='fsl'"),
+    "noise_multiplier_negative": (
+        lambda t: small_config(defence__noise_multiplier=-0.5),
+        ConfigError, r"defence.noise_multiplier: must be >= 0, got -0.5"),
+    "clip_norm_not_positive": (
+        lambda t: small_config(defence__clip_norm=0.0),
+        ConfigError, r"defence.clip_norm: must be > 0, got 0.0"),
+    "delta_out_of_range": (
+        lambda t: small_config(defence__delta=1.0),
+        ConfigError, r"defence.delta: must be in \(0, 1\), got 1.0"),
+    "target_epsilon_unreachable": (
+        lambda t: small_config(defence__clip=True, defence__noise=True,
+                               defence__target_epsilon=1e-6),
+        ConfigError, r"defence.target_epsilon: 1e-06 is below the epsilon"),
+    "target_epsilon_without_noise": (
+        lambda t: small_config(defence__target_epsilon=1.0),
+        ConfigError, r"defence.target_epsilon: needs defence.clip=True"),
     "fsl_clients_too_small": (
         lambda t: small_config(train__mode="fsl", fsl__num_clients=100,
                                fsl__client_batch_size=16, fsl__local_steps=2),

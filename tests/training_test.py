@@ -11,7 +11,7 @@ import pytest
 from splitjax import data, models, training
 from conftest import small_config
 
-ROW = dict(seed=0, clip_norm=0.0, noise_multiplier=0.0, label_epsilon=math.inf,
+ROW = dict(seed=0, clip_norm=0.0, noise_stddev=0.0, label_epsilon=math.inf,
            use_private=1.0)
 
 
@@ -42,7 +42,7 @@ def test_same_seed_is_bit_identical(sl):
 
 
 def test_vmapped_settings_match_separate_runs(sl):
-  rows = [dict(ROW, seed=0), dict(ROW, seed=1, clip_norm=0.5, noise_multiplier=1.0),
+  rows = [dict(ROW, seed=0), dict(ROW, seed=1, clip_norm=0.5, noise_stddev=0.5),
           dict(ROW, seed=2, label_epsilon=1.0), dict(ROW, seed=3, use_private=0.0)]
   together, _ = _run(*sl, rows)
   for i, row in enumerate(rows):
@@ -55,7 +55,7 @@ def test_vmapped_settings_match_separate_runs(sl):
 def test_epochs_do_not_recompile():
   trainer, train, test = _trainer(small_config())
   _run(trainer, train, test, [ROW], epochs=3)
-  _run(trainer, train, test, [dict(ROW, seed=5, noise_multiplier=2.0)], epochs=1)
+  _run(trainer, train, test, [dict(ROW, seed=5, noise_stddev=2.0)], epochs=1)
   assert trainer.epoch._cache_size() == 1
   assert trainer.evaluate._cache_size() == 1
 

@@ -42,13 +42,9 @@ class AuxSample(NamedTuple):
 
 
 class Mechanism(NamedTuple):
-  """The public message defence: clip norm C (0 = none), noise stddev / C."""
+  """The public message defence: clip norm C (0 = none), noise stddev."""
   clip_norm: float
-  noise_multiplier: float
-
-  @property
-  def noise_stddev(self) -> float:
-    return self.noise_multiplier * self.clip_norm
+  noise_stddev: float
 
 
 def split_aux(train: Arrays, fraction: float, seed: int
