@@ -38,13 +38,5 @@ def get_config(arg=None):
     c.view.knowledge = "stale"
     c.attack.names = ("prior", "server_model", "exact", "bayes_exact")
   if "smoke" in variants:
-    c.data.max_train_examples = 2048
-    c.data.max_test_examples = 1024
-    c.model.server_hidden = (32,)
-    c.model.cut_dim = 16
-    c.model.device_hidden = (16,)
-    c.train.num_epochs = 2
-    c.attack.gradmatch.max_records = 64
-    c.attack.gradmatch.num_steps = 100
-    c.fsl.num_clients = 8
+    configlib.smoke(c)
   return c

@@ -18,12 +18,7 @@ def get_config(arg=None):
   c.data.private_features = ("marital", "education", "default", "housing", "loan")
   c.train.num_epochs = 3
   if arg == "smoke":
-    c.data.max_train_examples = 2048
-    c.data.max_test_examples = 1024
-    c.model.server_hidden = (32,)
-    c.model.cut_dim = 16
-    c.model.device_hidden = (16,)
-    c.train.num_epochs = 2
+    configlib.smoke(c)
   elif arg:
     raise ValueError(f"unknown config variant {arg!r}; known: smoke")
   return c

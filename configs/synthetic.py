@@ -18,12 +18,9 @@ def get_config(arg=None):
   c.data.private_features = ("p_cat_0", "p_cat_1")
   c.train.num_epochs = 3
   if arg == "smoke":
+    configlib.smoke(c)
     c.data.synthetic.num_examples = 2048
-    c.model.server_hidden = (32,)
-    c.model.cut_dim = 16
-    c.model.device_hidden = (16,)
     c.train.batch_size = 128
-    c.train.num_epochs = 2
   elif arg:
     raise ValueError(f"unknown config variant {arg!r}; known: smoke")
   return c

@@ -107,6 +107,20 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to a seconds-long run (the `:smoke` variants)."""
+  c.data.max_train_examples = 2048
+  c.data.max_test_examples = 1024
+  c.model.server_hidden = (32,)
+  c.model.cut_dim = 16
+  c.model.device_hidden = (16,)
+  c.train.num_epochs = 2
+  c.attack.gradmatch.max_records = 64
+  c.attack.gradmatch.num_steps = 100
+  c.fsl.num_clients = 8
+  return c
+
+
 def _need(ok: bool, field: str, msg: str):
   if not ok:
     raise ConfigError(f"{field}: {msg}")
