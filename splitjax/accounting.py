@@ -140,15 +140,26 @@ def calibrate_noise_multiplier(target_epsilon: float, num_epochs: int, delta: fl
   if not target_epsilon > 0:
     raise ConfigError(f"defence.target_epsilon: must be > 0, got {target_epsilon}")
   make_event = lambda sigma: cut_layer_event(sigma, num_epochs)
-  reach_hi = epsilon(make_event(upper), delta, accountant)
-  reach_lo = epsilon(make_event(lower), delta, accountant)
-  if not reach_hi <= target_epsilon:
+  calibrate = lambda name, lo, hi: float(dp_accounting.calibrate_dp_mechanism(
+      lambda: _accountant(name), make_event, target_epsilon, delta,
+      dp_accounting.ExplicitBracketInterval(lo, hi), tol=1e-4))
+  reach = epsilon(make_event(upper), delta, accountant)
+  if not reach <= target_epsilon:
     raise ConfigError(
         f"defence.target_epsilon: {target_epsilon} is below the epsilon "
-        f"{reach_hi:.4g} of the largest noise multiplier searched ({upper}) "
+        f"{reach:.4g} of the largest noise multiplier searched ({upper}) "
         f"for {num_epochs} epochs at delta {delta}")
-  if reach_lo <= target_epsilon:
+  # RDP is cheap at any sigma; PLD costs seconds to minutes at small sigma
+  # (large epsilon). RDP's epsilon is never below PLD's, so the RDP answer is
+  # an upper end for the PLD search, which then stays near the answer.
+  if epsilon(make_event(lower), delta, "rdp") <= target_epsilon:
     return lower
-  return float(dp_accounting.calibrate_dp_mechanism(
-      lambda: _accountant(accountant), make_event, target_epsilon, delta,
-      dp_accounting.ExplicitBracketInterval(lower, upper), tol=1e-4))
+  hi = calibrate("rdp", lower, upper)
+  if accountant == "rdp":
+    return hi
+  lo = hi
+  while lo > lower and epsilon(make_event(lo), delta, "pld") <= target_epsilon:
+    lo = max(lower, lo * 0.8)
+  if lo == hi:
+    return hi
+  return calibrate("pld", lo, hi)
