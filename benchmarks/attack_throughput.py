@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from splitjax import configlib, data, models, training, workdir
+from splitjax import configlib, data, evaluation, models, training, workdir
 from splitjax.attacks import exact, gradmatch, knowledge
 
 _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
@@ -95,7 +95,7 @@ def bench_exact():
 
 def bench_optimiser(num_records=256, restarts=8, steps=500):
   ds, model, view = _capture(("age", "hours-per-week", "race", "sex"), 1)
-  _, aux, _ = knowledge.split_aux(ds.train, 0.1, 0)
+  _, aux, _ = evaluation.split_aux(ds.train, 0.1, 0)
   mech = knowledge.Mechanism(0.0, 0.0)
   n = ds.train.num_examples
   kw = dict(num_restarts=restarts, num_steps=steps, learning_rate=0.05, hybrid=False,

@@ -18,9 +18,30 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from splitjax import audit, configlib, data, models, training
+from splitjax import audit, configlib, data, errors, models, training
 from splitjax import workdir as wd
 from splitjax.attacks import baselines, exact, gradmatch, knowledge, label_only
+from splitjax.data.schema import Arrays
+
+
+def split_aux(train: Arrays, fraction: float, seed: int
+              ) -> tuple[knowledge.ServerData, knowledge.AuxSample, np.ndarray]:
+  """Splits the training records into the server's knowledge and the targets.
+
+  Returns:
+    ServerData for all records, the AuxSample, and a boolean [N] mask of the
+    target records (those not in the auxiliary sample).
+  """
+  if not 0 < fraction < 1:
+    raise errors.ConfigError(f"attack.aux_fraction: must be in (0, 1), got {fraction}")
+  n = train.num_examples
+  num_aux = max(1, int(round(n * fraction)))
+  ids = np.sort(np.random.default_rng(seed).permutation(n)[:num_aux])
+  targets = np.ones(n, bool)
+  targets[ids] = False
+  aux = knowledge.AuxSample(jnp.asarray(ids, jnp.int32), *(jnp.asarray(a[ids]) for a in (
+      train.x_s_cat, train.x_s_num, train.x_p_cat, train.x_p_num, train.y)))
+  return knowledge.ServerData(jnp.asarray(train.x_s_cat), jnp.asarray(train.x_s_num)), aux, targets
 
 
 def _acc(pred, true, mask):
@@ -111,7 +132,7 @@ def run(config, workdir: str) -> dict:
                        min(config.attack.exact.chunk_candidates, space.size),
                        config.attack.exact.max_chunk_mb,
                        config.attack.exact.max_candidates)
-  server, aux, targets = knowledge.split_aux(dataset.train, config.attack.aux_fraction,
+  server, aux, targets = split_aux(dataset.train, config.attack.aux_fraction,
                                              config.attack.aux_seed)
   defence = training.defence_setting(config, spec)
   mech = knowledge.Mechanism(float(defence["clip_norm"]), float(defence["noise_stddev"]))

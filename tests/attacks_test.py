@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from splitjax import data, models, training
+from splitjax import data, evaluation, models, training
 from splitjax.attacks import baselines, exact, gradmatch, knowledge, label_only
 from splitjax.errors import ConfigError
 from conftest import REPO, small_config
@@ -80,7 +80,7 @@ def test_exact_under_clipping_clips_candidates_too(run):
 def test_pure_noise_messages_give_prior_level_accuracy(run):
   ds, model, views = run
   space = knowledge.candidate_space(ds.schema, ())
-  server, aux, targets = knowledge.split_aux(ds.train, 0.25, 0)
+  server, aux, targets = evaluation.split_aux(ds.train, 0.25, 0)
   n = ds.train.num_examples
   scale = 10.0  # far above every message norm here (stddev)
   noise_views = [v._replace(messages=scale * jax.random.normal(jax.random.key(i), v.messages.shape))
@@ -126,7 +126,7 @@ def test_gradmatch_recovers_numeric_features():
                    data__synthetic__num_private_numeric=1,
                    data__synthetic__num_examples=1600)
   ds, model, views = _captured(c)
-  _, aux, _ = knowledge.split_aux(ds.train, 0.2, 0)
+  _, aux, _ = evaluation.split_aux(ds.train, 0.2, 0)
   r = gradmatch.attack(model, ds.schema, knowledge.Mechanism(0.0, 0.0), views[-1], aux,
                        ds.train.num_examples, num_restarts=4, num_steps=200,
                        learning_rate=0.05, max_records=128, hybrid=True,
@@ -140,7 +140,7 @@ def test_gradmatch_recovers_numeric_features():
 
 def test_label_only_attacks_beat_chance(run):
   ds, _, views = run
-  _, aux, targets = knowledge.split_aux(ds.train, 0.1, 0)
+  _, aux, targets = evaluation.split_aux(ds.train, 0.1, 0)
   n = ds.train.num_examples
   r = label_only.direction_attack(views[-1], aux, n, 2)
   mask = targets & r.seen
@@ -189,13 +189,15 @@ def test_candidate_space_and_its_errors():
 
 def test_aux_sample_is_disjoint_from_targets():
   ds = data.load(small_config().data)
-  server, aux, targets = knowledge.split_aux(ds.train, 0.1, 0)
+  server, aux, targets = evaluation.split_aux(ds.train, 0.1, 0)
   assert aux.ids.shape[0] == 192 and targets.sum() == 1920 - 192
   assert not targets[np.asarray(aux.ids)].any()
   assert set(server._fields) == {"x_s_cat", "x_s_num"}
 
 
 def test_attack_modules_cannot_reach_training_or_data_loading():
+  """The attacks see ServerView, ServerData (x_s only), AuxSample and the public
+  mechanism: they import no training, no data loading and no Arrays."""
   allowed = {"splitjax.models", "splitjax.protocol", "splitjax.errors",
              "splitjax.data.schema", "splitjax.attacks", "splitjax"}
   for path in glob.glob(os.path.join(REPO, "splitjax", "attacks", "*.py")):
@@ -207,5 +209,7 @@ def test_attack_modules_cannot_reach_training_or_data_loading():
         for mod in mods:
           assert any(mod == a or mod.startswith(a + ".") for a in allowed - {"splitjax"}), (
               f"{os.path.basename(path)} imports {mod}")
+        if node.module == "splitjax.data.schema":  # Types only, no data arrays.
+          assert {a.name for a in node.names} <= {"Schema"}, path
       if isinstance(node, ast.Import):
         assert not any(a.name.startswith("splitjax") for a in node.names)

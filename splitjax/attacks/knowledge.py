@@ -7,8 +7,9 @@
 - `CandidateSpace`: every combination of private values an exhaustive attack
   enumerates (categoricals by vocabulary, numerics on a declared grid).
 
-Nothing here holds a target record's x_p or y: `split_aux` is the one place
-that reads the private arrays, and it keeps only the auxiliary rows.
+Nothing here holds a target record's x_p or y: the evaluator builds these
+(`splitjax.evaluation.split_aux`), keeping only the auxiliary rows' private
+values.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from splitjax.data.schema import Arrays, Schema
+from splitjax.data.schema import Schema
 from splitjax.errors import ConfigError
 
 
@@ -45,26 +46,6 @@ class Mechanism(NamedTuple):
   """The public message defence: clip norm C (0 = none), noise stddev."""
   clip_norm: float
   noise_stddev: float
-
-
-def split_aux(train: Arrays, fraction: float, seed: int
-              ) -> tuple[ServerData, AuxSample, np.ndarray]:
-  """Splits the training records into the server's knowledge and the targets.
-
-  Returns:
-    ServerData for all records, the AuxSample, and a boolean [N] mask of the
-    target records (those not in the auxiliary sample).
-  """
-  if not 0 < fraction < 1:
-    raise ConfigError(f"attack.aux_fraction: must be in (0, 1), got {fraction}")
-  n = train.num_examples
-  num_aux = max(1, int(round(n * fraction)))
-  ids = np.sort(np.random.default_rng(seed).permutation(n)[:num_aux])
-  targets = np.ones(n, bool)
-  targets[ids] = False
-  aux = AuxSample(jnp.asarray(ids, jnp.int32), *(jnp.asarray(a[ids]) for a in (
-      train.x_s_cat, train.x_s_num, train.x_p_cat, train.x_p_num, train.y)))
-  return ServerData(jnp.asarray(train.x_s_cat), jnp.asarray(train.x_s_num)), aux, targets
 
 
 @dataclasses.dataclass(frozen=True)
