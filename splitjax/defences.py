@@ -64,12 +64,6 @@ def chain(*transforms: MessageTransform) -> MessageTransform:
   return MessageTransform(update)
 
 
-def cut_layer_gaussian(clip_norm, noise_multiplier) -> MessageTransform:
-  """Clip to C, then add N(0, (noise_multiplier * C)^2 I) (SPEC §4)."""
-  return chain(clip_by_l2_norm(clip_norm),
-               add_gaussian_noise(noise_multiplier * clip_norm))
-
-
 def randomized_response(key: jax.Array, labels: jax.Array, num_classes: int,
                         epsilon: jax.Array | float) -> jax.Array:
   """k-ary randomized response: keep the label w.p. e^eps / (e^eps + k - 1).

@@ -165,11 +165,10 @@ def run(config, workdir: str) -> dict:
   prior_pred = baselines.prior(aux, n, vocab, schema.num_classes)
   # The server model is always fitted: its confidences are the attacker's
   # per-record prior kappa_i for the audit's ceilings.
-  if True:
-    c = config.attack.server_model
-    sm = baselines.server_model(aux, server, vocab, server_vocab, schema.num_classes,
-                                hidden=c.hidden, num_steps=c.num_steps,
-                                learning_rate=c.learning_rate, seed=config.attack.aux_seed)
+  c = config.attack.server_model
+  sm = baselines.server_model(aux, server, vocab, server_vocab, schema.num_classes,
+                              hidden=c.hidden, num_steps=c.num_steps,
+                              learning_rate=c.learning_rate, seed=config.attack.aux_seed)
 
   results = {"epochs": {}, "history": [r[0] for r in history],
              "accounting": eps, "noise_multiplier": defence["noise_multiplier"],
