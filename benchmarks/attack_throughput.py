@@ -12,7 +12,6 @@ Each is compared, in the same run, with a per-record Python loop that calls a
 jitted single-record function. Median of --repeats timed runs after warm-up.
 """
 
-import functools
 import math
 import platform
 import statistics
@@ -20,7 +19,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 
 from splitjax import configlib, data, evaluation, models, training, workdir

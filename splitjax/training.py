@@ -17,14 +17,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
+import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 
-from splitjax import defences, protocol
+from splitjax import accounting, configlib, data, defences, models, protocol
+from splitjax import workdir as wd
 from splitjax.data.schema import Arrays
 from splitjax.errors import ConfigError
 from splitjax.models import SplitModel
@@ -394,7 +398,6 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
     The final stacked TrainState, a list (per epoch) of lists (per setting)
     of metrics dicts, and a list of per-epoch ServerViews (or Nones).
   """
-  import time
   state = trainer.init(train_data.y, settings)
   history, views = [], []
   num_settings = settings.seed.shape[0]
@@ -418,8 +421,6 @@ def defence_setting(config, spec: TrainSpec) -> dict:
   Returns clip_norm (0 = no clipping), noise_stddev and label_epsilon, plus
   noise_multiplier (the sigma used) for the record.
   """
-  from absl import logging
-  from splitjax import accounting
   d = config.defence
   sigma = d.noise_multiplier
   if d.target_epsilon:
@@ -436,7 +437,6 @@ def defence_setting(config, spec: TrainSpec) -> dict:
 
 def accounting_rows(config, spec: TrainSpec, mech: dict) -> list[dict]:
   """Per-epoch epsilons (splitjax.accounting.report) of a run's defence."""
-  from splitjax import accounting
   d = config.defence
   return accounting.report(
       clip_norm=d.clip_norm, noise_multiplier=mech["noise_multiplier"],
@@ -457,10 +457,6 @@ def run(config, workdir: str) -> list[dict]:
   Returns:
     The metrics rows written.
   """
-  import os
-  import time
-  from absl import logging
-  from splitjax import configlib, data, models, workdir as wd
 
   configlib.check(config)
   wd.refuse_finished(workdir, "metrics.jsonl")

@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from splitjax import data
 from splitjax.data import builders, official, synthetic

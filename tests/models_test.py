@@ -1,7 +1,6 @@
 """The split model and its first-layer decomposition used by the attacks."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,6 +1,5 @@
 """SL/FSL training: determinism, vmap over settings, FedAvg, no recompiles."""
 
-import functools
 import math
 
 import jax

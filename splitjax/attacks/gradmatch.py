@@ -20,7 +20,6 @@ over the Adam iterations (optax).
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax

@@ -85,12 +85,6 @@ class CandidateSpace:
       parts.append(jnp.asarray(grid, jnp.float32)[digits[:, self.num_categorical + k]][:, None])
     return jnp.concatenate(parts, axis=-1)
 
-  def numeric_values(self, digits: jax.Array) -> jax.Array:
-    """Raw (unnormalised) numeric values of candidates [C, F] -> [C, F_num]."""
-    cols = [jnp.asarray(g, jnp.float32)[digits[:, self.num_categorical + k]]
-            for k, g in enumerate(self.raw_grids)]
-    return jnp.stack(cols, -1) if cols else jnp.zeros((digits.shape[0], 0))
-
 
 def candidate_space(schema: Schema, numeric_grids: tuple[str, ...]) -> CandidateSpace:
   """Builds the space; numeric private features need a 'name:lo:hi:step' grid.
