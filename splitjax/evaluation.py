@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -113,33 +114,222 @@ def _auc(score_, labels):
   return float(training.binary_auc(jnp.asarray(score_), jnp.asarray(labels)))
 
 
+@dataclasses.dataclass
+class AttackContext:
+  """What the evaluator prepares once per data set and shares between runs:
+  the attacker's knowledge (server data, auxiliary sample, baselines fitted on
+  it) and, kept apart, the truth it scores against."""
+  config: Any
+  schema: Any
+  model: models.SplitModel
+  truth: Arrays
+  server: knowledge.ServerData
+  aux: knowledge.AuxSample
+  targets: np.ndarray
+  space: knowledge.CandidateSpace | None
+  prior_pred: baselines.Prediction
+  server_model: baselines.Prediction
+  kappa: dict[str, np.ndarray]
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    return tuple(self.config.attack.names)
+
+  @property
+  def num_records(self) -> int:
+    return self.truth.num_examples
+
+
+def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
+  """Splits off the auxiliary sample, sizes the candidate space and fits the
+  baselines (before any training, so a bad config fails fast)."""
+  schema = dataset.schema
+  names = tuple(config.attack.names)
+  n = dataset.train.num_examples
+  space = None
+  if {"exact", "bayes_exact"} & set(names):
+    ex = config.attack.exact
+    space = knowledge.candidate_space(schema, tuple(ex.numeric_grids))
+    exact.check_memory(space, n, spec.batch_size, (model.head.hidden or (1,))[0], 1,
+                       ex.max_chunk_mb, ex.max_candidates)
+  server, aux, targets = split_aux(dataset.train, config.attack.aux_fraction,
+                                   config.attack.aux_seed)
+  vocab = [f.vocab_size for f in schema.private_categorical]
+  prior_pred = baselines.prior(aux, n, vocab, schema.num_classes)
+  # The server model is always fitted: its confidences are the attacker's
+  # per-record prior kappa_i for the audit's ceilings.
+  c = config.attack.server_model
+  sm = baselines.server_model(aux, server, vocab,
+                              [f.vocab_size for f in schema.server_categorical],
+                              schema.num_classes, hidden=c.hidden,
+                              num_steps=c.num_steps, learning_rate=c.learning_rate,
+                              seed=config.attack.aux_seed)
+  kappa = {f.name: np.exp(np.asarray(t).max(-1))
+           for f, t in zip(schema.private_categorical, sm.log_probs[0])}
+  kappa["label"] = np.exp(np.asarray(sm.log_probs[1]).max(-1))
+  return AttackContext(config, schema, model, dataset.train, server, aux, targets,
+                       space, prior_pred, sm, kappa)
+
+
+def attack_settings(ctx: AttackContext, views: list, mechs: list[dict],
+                    noisy_labels: np.ndarray | None, accounting: list[list[dict]],
+                    epochs: list[int], heavy_epochs: list[int]) -> list[dict]:
+  """Runs the configured attacks on a batch of settings trained together.
+
+  Args:
+    ctx: the prepared context.
+    views: per-epoch ServerViews with a leading [S] setting axis (at least
+      max(epochs) of them).
+    mechs: per setting, its defence (clip_norm, noise_stddev, label_epsilon).
+    noisy_labels: [S, N] the labels each device trained on, or None.
+    accounting: per setting, the per-epoch rows of splitjax.accounting.report.
+    epochs: 1-based epochs to score EXACT, Bayes, label-only and baselines at.
+    heavy_epochs: the epochs at which the gradient-matching optimiser runs.
+
+  Returns:
+    Per setting: {"epochs": {epoch: {attack: scores, "ceilings": ...}},
+    "violations": [...]}.
+  """
+  names, schema, truth, n = ctx.names, ctx.schema, ctx.truth, ctx.num_records
+  num_settings, last = len(mechs), max(epochs)
+  ex = ctx.config.attack.exact
+  ex_res, ex_seconds = None, 0.0
+  if {"exact", "bayes_exact"} & set(names):
+    start = time.perf_counter()
+    stacked = jax.tree.map(lambda *a: jnp.stack(a, 1), *views[:last])  # [S, E, T, ...]
+    if ex.max_steps:
+      stacked = jax.tree.map(lambda a: a[:, :, :ex.max_steps], stacked)
+    bayes = "bayes_exact" in names
+    log_prior = None
+    if bayes:
+      vocab = [f.vocab_size for f in schema.private_categorical]
+      log_prior = {"server_model": ctx.server_model.log_probs,
+                   "marginal": baselines.marginal_log_probs(ctx.aux, n, vocab,
+                                                            schema.num_classes),
+                   "uniform": None}[ctx.config.attack.bayes.prior]
+    ex_res = exact.attack_settings(
+        ctx.model, ctx.space, stacked, n,
+        clip_norm=[m["clip_norm"] for m in mechs],
+        noise_stddev=[m["noise_stddev"] for m in mechs], bayes=bayes,
+        log_prior=log_prior, metric=ex.metric,
+        noiseless_scale=ctx.config.attack.bayes.noiseless_scale,
+        chunk_candidates=ex.chunk_candidates, chunk_mb=ex.chunk_mb,
+        max_chunk_mb=ex.max_chunk_mb, max_candidates=ex.max_candidates)
+    ex_seconds = (time.perf_counter() - start) / num_settings
+  out = []
+  for s in range(num_settings):
+    noisy = None if noisy_labels is None else noisy_labels[s]
+    per_epoch, violations = {}, []
+    for epoch in epochs:
+      view = jax.tree.map(lambda a: a[s], views[epoch - 1])
+      per = _attack_one(ctx, view, mechs[s], noisy, ex_res, s, epoch,
+                        epoch in heavy_epochs)
+      if ex_res is not None:
+        for name in ("exact", "bayes_exact"):
+          if name in per:
+            per[name]["seconds_per_setting_all_epochs"] = ex_seconds
+      mask_seen = _targets_seen(ctx, view)
+      caps = audit.ceilings({k: v[mask_seen] for k, v in ctx.kappa.items()},
+                            accounting[s][epoch - 1]["mu_gdp"], mechs[s]["label_epsilon"])
+      violations += _audit(per, caps, epoch)
+      per["ceilings"] = caps
+      per_epoch[str(epoch)] = per
+    out.append({"epochs": per_epoch, "violations": violations})
+  return out
+
+
+def _targets_seen(ctx, view):
+  seen = np.zeros(ctx.num_records, bool)
+  seen[np.asarray(view.ids).ravel()] = True
+  return ctx.targets & seen
+
+
+def _audit(per: dict, caps: dict, epoch: int) -> list[str]:
+  """Adds an audit entry to every accuracy; returns the violations."""
+  violations = []
+  for name, m in per.items():
+    for attr, ceiling in caps.items():
+      entry = m.get("label") if attr == "label" else m["features"].get(attr)
+      if entry and "accuracy" in entry:
+        entry["audit"] = audit.check(entry["accuracy"], m["num_records"], ceiling)
+        if entry["audit"]["violation"]:
+          violations.append(f"epoch {epoch} {name} {attr}: accuracy "
+                            f"{entry['accuracy']:.4f} > ceiling {ceiling:.4f}")
+  return violations
+
+
+def _attack_one(ctx, view, mech, noisy, ex_res, s, epoch, heavy) -> dict:
+  """Every configured attack on one setting's view of one epoch, scored."""
+  names, schema, truth, n = ctx.names, ctx.schema, ctx.truth, ctx.num_records
+  mask = _targets_seen(ctx, view)
+  args = (schema, truth, noisy, mask)
+  per = {}
+  p = ctx.prior_pred
+  prior_scores = score(*args, p.cat, p.num, p.label)
+  if "prior" in names:
+    per["prior"] = prior_scores
+  if "server_model" in names:
+    sm = ctx.server_model
+    per["server_model"] = score(*args, sm.cat, sm.num, sm.label, prior_scores)
+  if "exact" in names:
+    r = ex_res.exact(s, epoch - 1)
+    per["exact"] = score(schema, truth, noisy, mask & r.seen,
+                         *_split(ctx.space, r, schema), r.label, prior_scores)
+  if "bayes_exact" in names:
+    r = ex_res.bayes(s, epoch - 1)
+    per["bayes_exact"] = score(schema, truth, noisy, mask & r.seen,
+                               *_split(ctx.space, r, schema), r.label, prior_scores,
+                               posterior=r.posterior)
+    per["bayes_exact"]["releases_per_record"] = epoch
+  if "gradmatch" in names and heavy:
+    g = ctx.config.attack.gradmatch
+    start = time.perf_counter()
+    r = gradmatch.attack(ctx.model, schema,
+                         knowledge.Mechanism(float(mech["clip_norm"]),
+                                             float(mech["noise_stddev"])),
+                         view, ctx.aux, n, num_restarts=g.num_restarts,
+                         num_steps=g.num_steps, learning_rate=g.learning_rate,
+                         max_records=g.max_records, hybrid=g.hybrid,
+                         beta_start=g.beta_start, beta_end=g.beta_end,
+                         seed=ctx.config.seed)
+    per["gradmatch"] = score(schema, truth, noisy, mask & r.seen, r.cat, r.num,
+                             r.label, prior_scores)
+    per["gradmatch"]["seconds"] = time.perf_counter() - start
+  for name, fn in (("label_norm", label_only.norm_attack),
+                   ("label_direction", label_only.direction_attack)):
+    if name in names:
+      r = fn(view, ctx.aux, n, schema.num_classes)
+      m = mask & r.seen
+      per[name] = score(schema, truth, noisy, m, None, None, r.label, prior_scores)
+      per[name]["label"]["auc"] = _auc(r.score[m], truth.y[m])
+  return per
+
+
+def log_scores(per: dict, epoch: int, prefix: str = "") -> None:
+  for name, m in per.items():
+    if name == "ceilings":
+      continue
+    feats = ", ".join(f"{k} {v['accuracy']:.4f}" if "accuracy" in v
+                      else f"{k} MAE {v['mae_std']:.4f} sd"
+                      for k, v in m["features"].items())
+    label = m.get("label", {}).get("accuracy", math.nan)
+    logging.info("%sepoch %d %s: %s%slabel %.4f", prefix, epoch, name, feats,
+                 ", " if feats else "", label)
+
+
 def run(config, workdir: str) -> dict:
   """Trains with view capture, runs `config.attack.names` after the chosen
   epochs, and writes attack_metrics.json (and config.json) to workdir."""
   configlib.check(config)
   wd.refuse_finished(workdir, "attack_metrics.json")
-  names = tuple(config.attack.names)
   dataset = data.load(config.data)
   schema = dataset.schema
   model = models.make_model(schema, config.model)
   spec = dataclasses.replace(training.make_spec(config, model, dataset.train),
                              capture_view=True)
-  space = None
-  if {"exact", "bayes_exact"} & set(names):
-    space = knowledge.candidate_space(schema, tuple(config.attack.exact.numeric_grids))
-    exact.check_memory(space, dataset.train.num_examples, spec.batch_size,
-                       (model.head.hidden or (1,))[0],
-                       min(config.attack.exact.chunk_candidates, space.size),
-                       config.attack.exact.max_chunk_mb,
-                       config.attack.exact.max_candidates)
-  server, aux, targets = split_aux(dataset.train, config.attack.aux_fraction,
-                                             config.attack.aux_seed)
+  ctx = prepare(config, dataset, model, spec)
   defence = training.defence_setting(config, spec)
-  mech = knowledge.Mechanism(float(defence["clip_norm"]), float(defence["noise_stddev"]))
   eps = training.accounting_rows(config, spec, defence)
-  n = dataset.train.num_examples
-  vocab = [f.vocab_size for f in schema.private_categorical]
-  server_vocab = [f.vocab_size for f in schema.server_categorical]
   epochs = sorted(set(config.attack.epochs)) or [config.train.num_epochs]
   provenance = {"config_hash": configlib.config_hash(config), "seed": config.seed,
                 "git_commit": wd.git_commit()}
@@ -147,7 +337,6 @@ def run(config, workdir: str) -> dict:
   wd.write_json(os.path.join(workdir, "config.json"),
                 {"config": config.to_dict(), "schema": schema.to_json(), **provenance})
 
-  d = config.defence
   settings = training.make_settings([dict(seed=config.seed, **defence, use_private=1.0)])
   trainer = training.Trainer(spec)
 
@@ -158,108 +347,19 @@ def run(config, workdir: str) -> dict:
   state, history, views = training.train(
       trainer, jax.device_put(dataset.train), jax.device_put(dataset.test), settings,
       config.train.num_epochs, on_epoch)
-  views = [jax.tree.map(lambda a: a[0], v) for v in views]
-  noisy = (np.asarray(state.labels[0]) if math.isfinite(d.label_epsilon) else None)
-
-  truth = dataset.train
-  prior_pred = baselines.prior(aux, n, vocab, schema.num_classes)
-  # The server model is always fitted: its confidences are the attacker's
-  # per-record prior kappa_i for the audit's ceilings.
-  c = config.attack.server_model
-  sm = baselines.server_model(aux, server, vocab, server_vocab, schema.num_classes,
-                              hidden=c.hidden, num_steps=c.num_steps,
-                              learning_rate=c.learning_rate, seed=config.attack.aux_seed)
-
-  results = {"epochs": {}, "history": [r[0] for r in history],
-             "accounting": eps, "noise_multiplier": defence["noise_multiplier"],
-             "aux_records": int(aux.ids.shape[0]), **provenance}
-  kappa_all = {f.name: np.exp(np.asarray(t).max(-1))
-               for f, t in zip(schema.private_categorical, sm.log_probs[0])}
-  kappa_all["label"] = np.exp(np.asarray(sm.log_probs[1]).max(-1))
-  violations = []
+  noisy = (np.asarray(state.labels) if math.isfinite(config.defence.label_epsilon)
+           else None)
+  [res] = attack_settings(ctx, views, [defence], noisy, [eps], epochs, epochs)
   for epoch in epochs:
-    view = views[epoch - 1]
-    seen = np.zeros(n, bool)
-    seen[np.asarray(view.ids).ravel()] = True
-    mask = targets & seen
-    per = {}
-    score_args = (schema, truth, noisy, mask)
-    per["prior"] = score(*score_args, prior_pred.cat, prior_pred.num, prior_pred.label)
-    prior_scores = per["prior"]
-    if "prior" not in names:
-      del per["prior"]
-    if sm is not None and "server_model" in names:
-      per["server_model"] = score(*score_args, sm.cat, sm.num, sm.label, prior_scores)
-    ex = config.attack.exact
-    if "exact" in names:
-      start = time.perf_counter()
-      v = view if not ex.max_steps else jax.tree.map(lambda a: a[:ex.max_steps], view)
-      r = exact.attack(model, space, mech, [v], n, metric=ex.metric,
-                       chunk_candidates=ex.chunk_candidates, max_chunk_mb=ex.max_chunk_mb,
-                       max_candidates=ex.max_candidates)
-      m = mask & r.seen
-      per["exact"] = score(schema, truth, noisy, m, *_split(space, r, schema),
-                           r.label, prior_scores)
-      per["exact"]["seconds"] = time.perf_counter() - start
-    if "bayes_exact" in names:
-      start = time.perf_counter()
-      log_prior = {"server_model": sm.log_probs if sm else None,
-                   "marginal": baselines.marginal_log_probs(aux, n, vocab, schema.num_classes),
-                   "uniform": None}[config.attack.bayes.prior]
-      r = exact.attack(model, space, mech, views[:epoch], n, bayes=True,
-                       log_prior=log_prior,
-                       noiseless_scale=config.attack.bayes.noiseless_scale,
-                       chunk_candidates=ex.chunk_candidates,
-                       max_chunk_mb=ex.max_chunk_mb, max_candidates=ex.max_candidates)
-      per["bayes_exact"] = score(schema, truth, noisy, mask & r.seen,
-                                 *_split(space, r, schema), r.label, prior_scores,
-                                 posterior=r.posterior)
-      per["bayes_exact"]["releases_per_record"] = epoch
-      per["bayes_exact"]["seconds"] = time.perf_counter() - start
-    if "gradmatch" in names:
-      g = config.attack.gradmatch
-      start = time.perf_counter()
-      r = gradmatch.attack(model, schema, mech, view, aux, n, num_restarts=g.num_restarts,
-                           num_steps=g.num_steps, learning_rate=g.learning_rate,
-                           max_records=g.max_records, hybrid=g.hybrid,
-                           beta_start=g.beta_start, beta_end=g.beta_end,
-                           seed=config.seed)
-      per["gradmatch"] = score(schema, truth, noisy, mask & r.seen, r.cat, r.num,
-                               r.label, prior_scores)
-      per["gradmatch"]["seconds"] = time.perf_counter() - start
-    for name, fn in (("label_norm", label_only.norm_attack),
-                     ("label_direction", label_only.direction_attack)):
-      if name in names:
-        r = fn(view, aux, n, schema.num_classes)
-        per[name] = score(schema, truth, noisy, mask & r.seen, None, None, r.label,
-                          prior_scores)
-        per[name]["label"]["auc"] = _auc(r.score[mask & r.seen], truth.y[mask & r.seen])
-    caps = audit.ceilings({k: v[mask] for k, v in kappa_all.items()},
-                          eps[epoch - 1]["mu_gdp"], d.label_epsilon)
-    for name, m in per.items():
-      for attr, ceiling in caps.items():
-        entry = m.get("label") if attr == "label" else m["features"].get(attr)
-        if entry and "accuracy" in entry:
-          entry["audit"] = audit.check(entry["accuracy"], m["num_records"], ceiling)
-          if entry["audit"]["violation"]:
-            violations.append(f"epoch {epoch} {name} {attr}: accuracy "
-                              f"{entry['accuracy']:.4f} > ceiling {ceiling:.4f}")
-    per["ceilings"] = caps
-    results["epochs"][str(epoch)] = per
-    for name, m in per.items():
-      if name == "ceilings":
-        continue
-      feats = ", ".join(f"{k} {v['accuracy']:.4f}" if "accuracy" in v
-                        else f"{k} MAE {v['mae_std']:.4f} sd"
-                        for k, v in m["features"].items())
-      label = m.get("label", {}).get("accuracy", math.nan)
-      logging.info("epoch %d %s: %s%slabel %.4f", epoch, name, feats,
-                   ", " if feats else "", label)
-  results["audit_violations"] = violations
+    log_scores(res["epochs"][str(epoch)], epoch)
+  results = {"epochs": res["epochs"], "history": [r[0] for r in history],
+             "accounting": eps, "noise_multiplier": defence["noise_multiplier"],
+             "aux_records": int(ctx.aux.ids.shape[0]),
+             "audit_violations": res["violations"], **provenance}
   wd.write_json(os.path.join(workdir, "attack_metrics.json"), results)
-  if violations:
+  if res["violations"]:
     raise audit.AuditViolation("privacy audit failed (a bug in the mechanism, "
-                               "accountant or attack): " + "; ".join(violations))
+                               "accountant or attack): " + "; ".join(res["violations"]))
   return results
 
 

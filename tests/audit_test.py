@@ -53,13 +53,15 @@ def test_attack_job_fails_loudly_on_a_cheating_attack(tmp_path, monkeypatch):
   # The planted cheat: an "attack" handed the private truth.
   from splitjax import data
   truth = data.load(c.data).train
-  real = exact.attack
+  real = exact.attack_settings
 
   def cheat(*args, **kwargs):
     r = real(*args, **kwargs)
-    return r._replace(digits=np.asarray(truth.x_p_cat), label=np.asarray(truth.y))
+    shape = r.exact_label.shape
+    return r._replace(exact_digits=np.broadcast_to(truth.x_p_cat, shape + (2,)),
+                      exact_label=np.broadcast_to(truth.y, shape))
 
-  monkeypatch.setattr(exact, "attack", cheat)
+  monkeypatch.setattr(exact, "attack_settings", cheat)
   with pytest.raises(audit.AuditViolation, match="exact p_cat_0: accuracy 1.0000 > ceiling"):
     evaluation.run(c, str(tmp_path / "cheat"))
   assert (tmp_path / "cheat" / "attack_metrics.json").exists()

@@ -5,7 +5,7 @@ private values and every label y, computes the message the device would have
 sent, g(c, y) = dl/dh at (h_i, c, y) under the device params it knows, passes it
 through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
 
-- EXACT: the candidate nearest the message (L2 or cosine), one release.
+- EXACT: the candidate nearest one release of the message (L2 or cosine).
   Cosine drops the message's scale, (dl/dlogit), so it cannot separate
   candidates that share the head's ReLU pattern; L2 is the default.
 - Bayesian EXACT: log p(c, y | releases) = log prior(c, y | x_s)
@@ -15,11 +15,18 @@ through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
   likelihood uses `noiseless_scale`, which makes it EXACT with a prior
   tie-break.
 
+One pass over the releases gives both, after every epoch: each release's
+distances are computed once, reduced to that epoch's EXACT answer, and added
+to the record's running sum for the Bayesian one. `attack_settings` does this
+for a batch of settings (a sweep's shape group) vmapped over a leading setting
+axis, each with its own clip norm and noise scale.
+
 Cost: the head's first layer splits into a record part (once per record and
 step) and a candidate part (once per candidate chunk and step); the label costs
 nothing extra, since dl/dh = (dl/dlogits) J_h and J_h does not depend on y.
-Candidates stream in chunks of `chunk_candidates`, so memory is
-O(records x chunk), whatever the size of the space.
+Candidates stream in chunks sized so each chunk's buffers stay near
+`chunk_mb` (XLA:CPU maps large buffers afresh on every call, SPEC §6), so
+memory is bounded whatever the size of the space.
 """
 
 from __future__ import annotations
@@ -49,6 +56,33 @@ class ExactResult(NamedTuple):
   seen: np.ndarray       # bool [N] the record had at least one release
 
 
+class SettingsResult(NamedTuple):
+  """EXACT and Bayesian EXACT after every epoch, for every setting.
+
+  Axes: S settings, E epochs (releases), N records, F private features. The
+  Bayesian fields at epoch e use the releases of epochs 1..e.
+  """
+  exact_digits: np.ndarray     # int32 [S, E, N, F]
+  exact_label: np.ndarray      # int32 [S, E, N]
+  exact_score: np.ndarray      # float32 [S, E, N] distance of the best match
+  bayes_digits: np.ndarray     # int32 [S, E, N, F] (empty when bayes=False)
+  bayes_label: np.ndarray      # int32 [S, E, N]
+  bayes_posterior: np.ndarray  # float32 [S, E, N] MAP posterior probability
+  bayes_log_map: np.ndarray    # float32 [S, E, N] MAP unnormalised log posterior
+  released: np.ndarray         # bool [S, E, N] the record was released in epoch e
+
+  def exact(self, s: int, e: int) -> ExactResult:
+    return ExactResult(self.exact_digits[s, e], self.exact_label[s, e],
+                       self.exact_score[s, e],
+                       np.full(self.exact_label.shape[-1], np.nan, np.float32),
+                       self.released[s, e])
+
+  def bayes(self, s: int, e: int) -> ExactResult:
+    return ExactResult(self.bayes_digits[s, e], self.bayes_label[s, e],
+                       self.bayes_log_map[s, e], self.bayes_posterior[s, e],
+                       self.released[s, :e + 1].any(0))
+
+
 def label_cotangents(logits: jax.Array, num_labels: int) -> jax.Array:
   """dl/dlogits for every label y, [num_labels, num_outputs]."""
   if num_labels == 2:
@@ -67,11 +101,14 @@ def candidate_messages(model, params, rec_pre, w_h, cand_pre, num_labels,
   return label_cotangents(logits, num_labels) @ (j_pre @ w_h.T)
 
 
-def clip(messages: jax.Array, clip_norm: float) -> jax.Array:
-  if clip_norm <= 0:
+def clip(messages: jax.Array, clip_norm) -> jax.Array:
+  """Per-message L2 clipping to clip_norm (a float or a traced scalar; <= 0
+  means no clipping)."""
+  if isinstance(clip_norm, (int, float)) and clip_norm <= 0:
     return messages
   norms = jnp.linalg.norm(messages, axis=-1, keepdims=True)
-  return messages * jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12))
+  factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12))
+  return messages * jnp.where(clip_norm > 0, factor, 1.0)
 
 
 def score(observed: jax.Array, candidates: jax.Array, metric: str) -> jax.Array:
@@ -83,132 +120,219 @@ def score(observed: jax.Array, candidates: jax.Array, metric: str) -> jax.Array:
   return 1.0 - dots / jnp.maximum(norms, 1e-12)
 
 
-def _step_scores(model, space, mech, metric, p, view_step):
-  """Scores [B, C, K] of every record of one step against a candidate chunk."""
-  params_all = view_step.device_params  # leading axis P
+def _step_scores(model, p, clip_norm, metric, num_labels, view_step):
+  """L2 distances and match scores [B, C, K] of one step's records against a
+  candidate chunk p [C, P]."""
+  params_all = view_step.device_params  # leading axis P (clients)
   cand_pre = jax.vmap(lambda prm: models.head_private_pre(model, prm, p))(params_all)
   w_h = jax.vmap(lambda prm: models.head_w_h(model, prm))(params_all)
+  shared = cand_pre.shape[0] == 1  # SL and stale FSL: one params per step
 
   def record(h, m, pi):
-    params = jax.tree.map(lambda a: a[pi], params_all)
+    i = 0 if shared else pi
+    params = jax.tree.map(lambda a: a[i], params_all)
     rec_pre = models.head_record_pre(model, params, h)
     msgs = jax.vmap(candidate_messages, (None, None, None, None, 0, None))(
-        model, params, rec_pre, w_h[pi], cand_pre[pi], space.num_labels)
-    return score(m, clip(msgs, mech.clip_norm), metric)  # [C, K]
+        model, params, rec_pre, w_h[i], cand_pre[i], num_labels)
+    msgs = clip(msgs, clip_norm)
+    l2 = score(m, msgs, "l2")
+    return l2, (l2 if metric == "l2" else score(m, msgs, metric))  # [C, K] each
 
   return jax.vmap(record)(view_step.h, view_step.messages, view_step.param_index)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "space", "mech", "metric",
-                                              "chunk", "num_records", "bayes",
-                                              "scale"), donate_argnums=(0,))
-def _chunk(carry, start, views, log_prior, *, model, space, mech, metric, chunk,
-           num_records, bayes, scale):
-  """Folds one candidate chunk into the running best (and log-sum-exp)."""
+@functools.partial(jax.jit, static_argnames=("model", "space", "metric", "chunk",
+                                              "num_records", "bayes"),
+                   donate_argnums=(0,))
+def _chunk(carry, start, views, clip_norm, scale, log_prior, *, model, space,
+           metric, chunk, num_records, bayes):
+  """Folds one candidate chunk into every setting's and epoch's running best.
+
+  carry: (EXACT best, EXACT index, Bayes best, Bayes index, Bayes log-sum-exp),
+  each [S, E, N]; scores are maximised (EXACT's is minus the distance).
+  """
+  k = space.num_labels
   index = start + jnp.arange(chunk)
   valid = index < space.size
   digits = space.digits(jnp.minimum(index, space.size - 1))
   p = space.encode(digits)
-  step = functools.partial(_step_scores, model, space, mech, metric, p)
-
-  def body(acc, view_step):
-    return acc.at[view_step.ids].add(step(view_step)), None
-
-  acc = jnp.zeros((num_records, chunk, space.num_labels), jnp.float32)
-  acc, _ = jax.lax.scan(body, acc, views)
+  offset = start * k
   if bayes:
     cat_tables, label_table = log_prior
     prior = label_table[:, None, :]
     for j, table in enumerate(cat_tables):
       prior = prior + table[:, digits[:, j]][:, :, None]
-    value = prior - acc / (2.0 * scale ** 2)  # maximise
-  else:
-    value = -acc
-  value = jnp.where(valid[None, :, None], value, -jnp.inf).reshape(num_records, -1)
-  best_score, best_index, lse = carry
-  chunk_best = value.max(-1)
-  chunk_arg = value.argmax(-1).astype(jnp.int32) + start * space.num_labels
-  better = chunk_best > best_score
-  return (jnp.where(better, chunk_best, best_score),
-          jnp.where(better, chunk_arg, best_index),
-          jnp.logaddexp(lse, jax.nn.logsumexp(value, axis=-1)))
+    prior = jnp.where(valid[None, :, None], prior, -jnp.inf)  # [N, C, K]
+
+  def one_setting(carry_s, view_s, clip_s, scale_s):
+    def step(state, vs):
+      acc, best, arg = state
+      l2, match = _step_scores(model, p, clip_s, metric, k, vs)
+      match = jnp.where(valid[None, :, None], match, jnp.inf).reshape(match.shape[0], -1)
+      new_best = -match.min(-1)
+      new_arg = match.argmin(-1).astype(jnp.int32) + offset
+      old_best, old_arg = best[vs.ids], arg[vs.ids]
+      better = new_best > old_best
+      best = best.at[vs.ids].set(jnp.where(better, new_best, old_best))
+      arg = arg.at[vs.ids].set(jnp.where(better, new_arg, old_arg))
+      if bayes:
+        acc = acc.at[vs.ids].add(l2)
+      return (acc, best, arg), None
+
+    def epoch(acc, xs):
+      view_e, (eb, ea, bb, ba, bl) = xs
+      (acc, eb, ea), _ = jax.lax.scan(step, (acc, eb, ea), view_e)
+      if bayes:
+        value = (prior - acc / (2.0 * scale_s ** 2)).reshape(num_records, -1)
+        chunk_best = value.max(-1)
+        chunk_arg = value.argmax(-1).astype(jnp.int32) + offset
+        better = chunk_best > bb
+        bb, ba = jnp.where(better, chunk_best, bb), jnp.where(better, chunk_arg, ba)
+        bl = jnp.logaddexp(bl, jax.nn.logsumexp(value, axis=-1))
+      return acc, (eb, ea, bb, ba, bl)
+
+    acc = jnp.zeros((num_records, chunk, k) if bayes else (), jnp.float32)
+    return jax.lax.scan(epoch, acc, (view_s, carry_s))[1]
+
+  return jax.vmap(one_setting)(carry, views, clip_norm, scale)
+
+
+def chunk_bytes(space: CandidateSpace, num_settings: int, num_records: int,
+                batch: int, hidden: int, bayes: bool) -> int:
+  """Approximate buffer bytes per candidate in a chunk: the per-step
+  intermediates of every setting, plus (Bayes) the running sums and prior."""
+  k = space.num_labels
+  per = num_settings * batch * (3 * hidden + 2 * k)
+  if bayes:
+    per += (num_settings + 2) * num_records * k
+  return 4 * per
 
 
 def check_memory(space: CandidateSpace, num_records: int, batch: int,
                  hidden: int, chunk: int, max_chunk_mb: float,
-                 max_candidates: int) -> None:
+                 max_candidates: int, num_settings: int = 1,
+                 bayes: bool = True) -> None:
   """Raises ConfigError when the space or one chunk's buffers are too large."""
   if space.size > max_candidates:
     raise ConfigError(
         f"attack.exact.max_candidates: the candidate space has {space.size:,} "
         f"private combinations per record (radices {space.radices}), above "
         f"{max_candidates:,}; raise it or make fewer features private")
-  mb = 4 * chunk * (3 * num_records * space.num_labels + 3 * batch * hidden) / 2**20
+  mb = chunk * chunk_bytes(space, num_settings, num_records, batch, hidden, bayes) / 2**20
   if mb > max_chunk_mb:
     raise ConfigError(
         f"attack.exact.chunk_candidates: {chunk} candidates need ~{mb:,.0f} MiB "
-        f"of buffers for {num_records:,} records, above "
-        f"attack.exact.max_chunk_mb={max_chunk_mb:,.0f}; lower the chunk")
+        f"of buffers for {num_records:,} records x {num_settings} settings, above "
+        f"attack.exact.max_chunk_mb={max_chunk_mb:,.0f}; lower the chunk or "
+        "attack fewer settings at once")
+
+
+def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
+               batch: int, hidden: int, bayes: bool, chunk_candidates: int,
+               chunk_mb: float) -> int:
+  """Candidates per chunk: at most chunk_candidates, and few enough that the
+  chunk's buffers stay near chunk_mb (at least 1)."""
+  per = chunk_bytes(space, num_settings, num_records, batch, hidden, bayes)
+  fit = max(1, int(chunk_mb * 2**20 // per))
+  return int(min(chunk_candidates, space.size, fit))
 
 
 def stack_views(views: list[ServerView]) -> ServerView:
-  """Concatenates per-epoch views along the step axis."""
-  return jax.tree.map(lambda *a: jnp.concatenate(a, 0), *views)
+  """Stacks per-epoch views on a new leading epoch axis."""
+  return jax.tree.map(lambda *a: jnp.stack(a, 0), *views)
+
+
+def attack_settings(model, space: CandidateSpace, views: ServerView,
+                    num_records: int, *, clip_norm, noise_stddev,
+                    bayes: bool = True, log_prior=None, metric: str = "l2",
+                    noiseless_scale: float = 1e-4, chunk_candidates: int = 4096,
+                    chunk_mb: float = 48.0, max_chunk_mb: float = 1024.0,
+                    max_candidates: int = 2_000_000) -> SettingsResult:
+  """EXACT and (if `bayes`) Bayesian EXACT after every epoch, every setting.
+
+  Args:
+    model: the split model (its architecture is public).
+    space: the candidate space.
+    views: ServerViews with leading [settings, epochs] axes.
+    num_records: training records (ids index 0..num_records-1).
+    clip_norm, noise_stddev: [S] the public message defence of each setting
+      (clip norm 0 = none).
+    bayes: also run Bayesian EXACT.
+    log_prior: (tuple of [N, V_j] per private categorical, [N, K] label)
+      log-probabilities for Bayes, shared by the settings; None = uniform.
+    metric: EXACT's 'l2' or 'cosine' (Bayes uses the Gaussian L2).
+    noiseless_scale: the likelihood's scale when a setting adds no noise.
+    chunk_candidates, chunk_mb: the chunk size cap and its buffer target.
+    max_chunk_mb, max_candidates: hard limits (ConfigError beyond).
+  """
+  if metric not in METRICS:
+    raise ConfigError(f"attack.exact.metric: unknown {metric!r}; known: {list(METRICS)}")
+  if views.device_params is None:
+    raise ConfigError("EXACT needs the device model: view.knowledge must be "
+                      "'white_box' or 'stale', not 'none'")
+  num_settings, num_epochs = views.ids.shape[:2]
+  hidden = (model.head.hidden or (model.head.num_outputs,))[0]
+  batch = views.ids.shape[-1]
+  chunk = plan_chunk(space, num_settings, num_records, batch, hidden, bayes,
+                     chunk_candidates, chunk_mb)
+  check_memory(space, num_records, batch, hidden, chunk, max_chunk_mb,
+               max_candidates, num_settings, bayes)
+  if bayes and log_prior is None:
+    cats = tuple(jnp.zeros((num_records, r)) for r in space.radices[:space.num_categorical])
+    log_prior = (cats, jnp.zeros((num_records, space.num_labels)))
+  noise = np.asarray(noise_stddev, np.float32)
+  scale = jnp.asarray(np.where(noise > 0, noise, noiseless_scale), jnp.float32)
+  clip_norm = jnp.asarray(clip_norm, jnp.float32)
+  shape = (num_settings, num_epochs, num_records)
+  carry = (jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32),
+           jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32),
+           jnp.full(shape, -jnp.inf))
+  num_chunks = math.ceil(space.size / chunk)
+  for i in range(num_chunks):
+    carry = _chunk(carry, jnp.int32(i * chunk), views, clip_norm, scale,
+                   log_prior if bayes else None, model=model, space=space,
+                   metric=metric, chunk=chunk, num_records=num_records, bayes=bayes)
+    if num_chunks >= 20 and (i + 1) % max(1, num_chunks // 10) == 0:
+      logging.info("EXACT%s: %d/%d candidate chunks of %d", " + Bayes" if bayes else "",
+                   i + 1, num_chunks, chunk)
+  ex_best, ex_arg, b_best, b_arg, b_lse = jax.device_get(carry)
+  ids = np.asarray(views.ids).reshape(num_settings, num_epochs, -1)
+  released = np.zeros(shape, bool)
+  for s in range(num_settings):
+    for e in range(num_epochs):
+      released[s, e, ids[s, e]] = True
+
+  def unpack(index):
+    digits = np.asarray(space.digits(jnp.asarray(index.ravel() // space.num_labels)))
+    return (digits.reshape(shape + (-1,)).astype(np.int32),
+            (index % space.num_labels).astype(np.int32))
+
+  ex_digits, ex_label = unpack(ex_arg)
+  if bayes:
+    b_digits, b_label = unpack(b_arg)
+    posterior = np.exp(b_best - b_lse).astype(np.float32)
+  else:
+    b_digits = np.zeros(shape + (0,), np.int32)
+    b_label = np.zeros(shape, np.int32)
+    posterior = np.full(shape, np.nan, np.float32)
+  return SettingsResult(ex_digits, ex_label, (-ex_best).astype(np.float32),
+                        b_digits, b_label, posterior, b_best.astype(np.float32),
+                        released)
 
 
 def attack(model, space: CandidateSpace, mech: Mechanism, views: list[ServerView],
            num_records: int, *, metric: str = "l2", bayes: bool = False,
            log_prior=None, noiseless_scale: float = 1e-4,
-           chunk_candidates: int = 256, max_chunk_mb: float = 1024,
-           max_candidates: int = 2_000_000) -> ExactResult:
-  """Runs EXACT (one view) or Bayesian EXACT (all views) on every record.
-
-  Args:
-    model: the split model (its architecture is public).
-    space: the candidate space.
-    mech: the public message defence (clipping, noise).
-    views: ServerViews of the releases to use; EXACT expects one epoch.
-    num_records: training records (ids index 0..num_records-1).
-    metric: 'l2' or 'cosine' (EXACT only; Bayes uses the Gaussian L2).
-    bayes: Bayesian EXACT instead of EXACT.
-    log_prior: (tuple of [N, V_j] per private categorical, [N, K] label)
-      log-probabilities, for Bayes.
-    noiseless_scale: the likelihood's scale when the mechanism adds no noise.
-    chunk_candidates, max_chunk_mb, max_candidates: memory bounds.
-
-  Returns:
-    ExactResult per record id.
-  """
-  if metric not in METRICS:
-    raise ConfigError(f"attack.exact.metric: unknown {metric!r}; known: {list(METRICS)}")
-  if any(v.device_params is None for v in views):
-    raise ConfigError("EXACT needs the device model: view.knowledge must be "
-                      "'white_box' or 'stale', not 'none'")
-  view = stack_views(views)
-  hidden = (model.head.hidden or (model.head.num_outputs,))[0]
-  chunk = int(min(chunk_candidates, space.size))
-  check_memory(space, num_records, view.ids.shape[-1], hidden, chunk,
-               max_chunk_mb, max_candidates)
-  if bayes and log_prior is None:
-    cats = tuple(jnp.zeros((num_records, r)) for r in space.radices[:space.num_categorical])
-    log_prior = (cats, jnp.zeros((num_records, space.num_labels)))
-  scale = mech.noise_stddev if mech.noise_stddev > 0 else noiseless_scale
-  carry = (jnp.full(num_records, -jnp.inf), jnp.zeros(num_records, jnp.int32),
-           jnp.full(num_records, -jnp.inf))
-  num_chunks = math.ceil(space.size / chunk)
-  for i in range(num_chunks):
-    carry = _chunk(carry, jnp.int32(i * chunk), view, log_prior if bayes else None,
-                   model=model, space=space, mech=mech,
-                   metric="l2" if bayes else metric, chunk=chunk,
-                   num_records=num_records, bayes=bayes, scale=float(scale))
-    if num_chunks >= 20 and (i + 1) % max(1, num_chunks // 10) == 0:
-      logging.info("%s: %d/%d candidate chunks", "Bayesian EXACT" if bayes else
-                   "EXACT", i + 1, num_chunks)
-  best, index, lse = jax.device_get(carry)
-  seen = np.bincount(np.asarray(view.ids).ravel(), minlength=num_records) > 0
-  label = index % space.num_labels
-  digits = np.asarray(space.digits(jnp.asarray(index // space.num_labels)))
-  posterior = np.exp(best - lse) if bayes else np.full(num_records, np.nan)
-  return ExactResult(digits.astype(np.int32), label.astype(np.int32),
-                     (best if bayes else -best).astype(np.float32),
-                     posterior.astype(np.float32), seen)
+           chunk_candidates: int = 4096, chunk_mb: float = 48.0,
+           max_chunk_mb: float = 1024, max_candidates: int = 2_000_000) -> ExactResult:
+  """EXACT on the last of `views`, or Bayesian EXACT on all of them, for one
+  setting (views without a setting axis, one per epoch)."""
+  stacked = jax.tree.map(lambda a: a[None], stack_views(views))
+  r = attack_settings(model, space, stacked, num_records,
+                      clip_norm=[mech.clip_norm], noise_stddev=[mech.noise_stddev],
+                      bayes=bayes, log_prior=log_prior, metric=metric,
+                      noiseless_scale=noiseless_scale,
+                      chunk_candidates=chunk_candidates, chunk_mb=chunk_mb,
+                      max_chunk_mb=max_chunk_mb, max_candidates=max_candidates)
+  last = len(views) - 1
+  return r.bayes(0, last) if bayes else r.exact(0, last)
