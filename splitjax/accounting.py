@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 
 import dp_accounting
+from absl import logging as absl_logging
 from dp_accounting import pld, rdp
 
 from splitjax.errors import ConfigError
@@ -85,6 +86,17 @@ def label_epsilon(epsilon_label: float, num_classes: int) -> float:
   return math.log(keep / other)
 
 
+def _quietly(fn):
+  """Runs fn with absl warnings off: the RDP accountant warns for every order
+  it drops at small sigma, which buries the job's own progress lines."""
+  level = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    return fn()
+  finally:
+    absl_logging.set_verbosity(level)
+
+
 def check_delta(delta: float) -> None:
   if not 0 < delta < 1:
     raise ConfigError(f"defence.delta: must be in (0, 1), got {delta}")
@@ -107,8 +119,9 @@ def report(*, clip_norm: float, noise_multiplier: float, clip: bool,
     if private:
       ev = cut_layer_event(noise_multiplier, e)
       eps_pld, eps_rdp = epsilon(ev, delta, "pld"), epsilon(ev, delta, "rdp")
-      eps_dpsgd = epsilon(dpsgd_event(noise_multiplier, batch_size / num_train,
-                                      e * steps_per_epoch), delta, "rdp")
+      eps_dpsgd = _quietly(lambda: epsilon(
+          dpsgd_event(noise_multiplier, batch_size / num_train, e * steps_per_epoch),
+          delta, "rdp"))
       mu = mu_gdp(noise_multiplier, e)
     else:
       eps_pld = eps_rdp = eps_dpsgd = mu = math.inf

@@ -105,6 +105,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.gradmatch = ml_collections.ConfigDict(dict(
       num_restarts=16, num_steps=1000, learning_rate=0.05, max_records=1024,
       hybrid=True, beta_start=2.0, beta_end=200.0))
+
+  # Sweeps (scripts/sweep.py): a grid of settings x seeds, seeds aggregated.
+  # The settings: no defence; per-record clipping to defence.clip_norm plus
+  # Gaussian noise at each sigma (or at the sigma calibrated to each target
+  # epsilon); label DP alone at each epsilon_label; and a server-features-only
+  # model. Each knowledge setting is one shape group (its own program).
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.seeds = (0, 1, 2)
+  c.sweep.undefended = True
+  c.sweep.server_only = True
+  c.sweep.noise_multipliers = ()
+  c.sweep.target_epsilons = ()
+  c.sweep.label_epsilons = ()
+  c.sweep.knowledge = ()  # () = (view.knowledge,)
+  c.sweep.max_group_size = 0  # runs vmapped per program; 0 = a whole group
+  c.sweep.plots = True
   return c
 
 
@@ -191,6 +207,20 @@ def check(config: ml_collections.ConfigDict) -> None:
         f"unknown {a.bayes.prior!r}; known: {list(BAYES_PRIORS)}")
   _need(a.gradmatch.num_restarts > 0 and a.gradmatch.num_steps > 0,
         "attack.gradmatch", "num_restarts and num_steps must be positive")
+  sw = config.sweep
+  _need(len(sw.seeds) > 0 and len(set(sw.seeds)) == len(sw.seeds), "sweep.seeds",
+        f"needs distinct seeds, got {tuple(sw.seeds)}")
+  for name in ("noise_multipliers", "target_epsilons", "label_epsilons"):
+    values = tuple(getattr(sw, name))
+    _need(all(v > 0 for v in values) and len(set(values)) == len(values),
+          f"sweep.{name}", f"needs distinct positive values, got {values}")
+  for k in sw.knowledge:
+    _need(k in KNOWLEDGE, "sweep.knowledge",
+          f"unknown {k!r}; known: {list(KNOWLEDGE)}")
+    _need(k != "stale" or t.mode == "fsl", "sweep.knowledge",
+          "'stale' needs train.mode='fsl' (it is the FedAvg round-start model)")
+  _need(sw.max_group_size >= 0, "sweep.max_group_size",
+        f"must be >= 0 (0 = no limit), got {sw.max_group_size}")
   needs_model = {"exact", "bayes_exact", "gradmatch"} & set(a.names)
   _need(not needs_model or config.view.knowledge != "none", "attack.names",
         f"{sorted(needs_model)} need the device model; view.knowledge is 'none'")

@@ -130,10 +130,7 @@ class AttackContext:
   prior_pred: baselines.Prediction
   server_model: baselines.Prediction
   kappa: dict[str, np.ndarray]
-
-  @property
-  def names(self) -> tuple[str, ...]:
-    return tuple(self.config.attack.names)
+  names: tuple[str, ...]  # the attacks to run
 
   @property
   def num_records(self) -> int:
@@ -168,7 +165,7 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
            for f, t in zip(schema.private_categorical, sm.log_probs[0])}
   kappa["label"] = np.exp(np.asarray(sm.log_probs[1]).max(-1))
   return AttackContext(config, schema, model, dataset.train, server, aux, targets,
-                       space, prior_pred, sm, kappa)
+                       space, prior_pred, sm, kappa, names)
 
 
 def attack_settings(ctx: AttackContext, views: list, mechs: list[dict],

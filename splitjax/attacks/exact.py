@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 from typing import NamedTuple
 
 import jax
@@ -120,13 +121,54 @@ def score(observed: jax.Array, candidates: jax.Array, metric: str) -> jax.Array:
   return 1.0 - dots / jnp.maximum(norms, 1e-12)
 
 
+def _one_layer_binary(model) -> bool:
+  return len(model.head.hidden) == 1 and model.head.num_outputs == 1
+
+
+def _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step):
+  """_step_scores for the default head (one ReLU layer, one logit), written
+  out: with u = relu'(pre) * w2, every label's message is
+  (sigmoid(logit) - y) * (u @ W_h^T), so the whole step is one matmul
+  [B*C, H] x [H, d]."""
+  w_h = models.head_w_h(model, params)                    # [d, H]
+  rec_pre = models.head_record_pre(model, params, view_step.h)  # [B, H]
+  cand_pre = models.head_private_pre(model, params, p)    # [C, H]
+  out = params["params"]["logits"]
+  pre = rec_pre[:, None, :] + cand_pre[None, :, :]        # [B, C, H]
+  u = jnp.where(pre > 0, out["kernel"][:, 0], 0.0)
+  logit = jnp.sum(u * pre, -1) + out["bias"][0]           # [B, C]
+  b, c, hidden = u.shape
+  v = (u.reshape(b * c, hidden) @ w_h.T).reshape(b, c, -1)  # [B, C, d]
+  sig = jax.nn.sigmoid(logit)
+  coef = jnp.stack([sig, sig - 1.0], -1)                  # [B, C, 2]
+  # Label y's message is a_y v with a_y = coef_y * (its clip factor), so
+  # ||a_y v - m||^2 = a_y^2 |v|^2 - 2 a_y v.m + |m|^2 from two reductions of v,
+  # without materialising the [B, C, 2, d] messages.
+  m = view_step.messages
+  vv = jnp.sum(v * v, -1)[..., None]                      # [B, C, 1]
+  vm = jnp.einsum("bcd,bd->bc", v, m)[..., None]
+  mm = jnp.sum(m * m, -1)[:, None, None]
+  norm = jnp.abs(coef) * jnp.sqrt(vv)
+  if not (isinstance(clip_norm, (int, float)) and clip_norm <= 0):
+    factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
+    coef = coef * jnp.where(clip_norm > 0, factor, 1.0)
+  l2 = jnp.maximum(coef * coef * vv - 2.0 * coef * vm + mm, 0.0)
+  if metric == "l2":
+    return l2, l2
+  cos = coef * vm / jnp.maximum(jnp.abs(coef) * jnp.sqrt(vv * mm), 1e-12)
+  return l2, 1.0 - cos
+
+
 def _step_scores(model, p, clip_norm, metric, num_labels, view_step):
   """L2 distances and match scores [B, C, K] of one step's records against a
   candidate chunk p [C, P]."""
   params_all = view_step.device_params  # leading axis P (clients)
+  shared = jax.tree.leaves(params_all)[0].shape[0] == 1  # SL, stale FSL
+  if shared and _one_layer_binary(model):
+    params = jax.tree.map(lambda a: a[0], params_all)
+    return _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step)
   cand_pre = jax.vmap(lambda prm: models.head_private_pre(model, prm, p))(params_all)
   w_h = jax.vmap(lambda prm: models.head_w_h(model, prm))(params_all)
-  shared = cand_pre.shape[0] == 1  # SL and stale FSL: one params per step
 
   def record(h, m, pi):
     i = 0 if shared else pi
@@ -142,10 +184,10 @@ def _step_scores(model, p, clip_norm, metric, num_labels, view_step):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "space", "metric", "chunk",
-                                              "num_records", "bayes"),
+                                              "num_records", "bayes", "block"),
                    donate_argnums=(0,))
 def _chunk(carry, start, views, clip_norm, scale, log_prior, *, model, space,
-           metric, chunk, num_records, bayes):
+           metric, chunk, num_records, bayes, block):
   """Folds one candidate chunk into every setting's and epoch's running best.
 
   carry: (EXACT best, EXACT index, Bayes best, Bayes index, Bayes log-sum-exp),
@@ -194,47 +236,53 @@ def _chunk(carry, start, views, clip_norm, scale, log_prior, *, model, space,
     acc = jnp.zeros((num_records, chunk, k) if bayes else (), jnp.float32)
     return jax.lax.scan(epoch, acc, (view_s, carry_s))[1]
 
-  return jax.vmap(one_setting)(carry, views, clip_norm, scale)
+  # Settings go through in blocks of `block`, vmapped within a block, so the
+  # buffers scale with the block and not with the whole group. A block of one
+  # is a plain loop: vmap over a unit axis made XLA:CPU's dots and scatters
+  # batched, and the step 5x slower.
+  return jax.lax.map(lambda xs: one_setting(*xs), (carry, views, clip_norm, scale),
+                     batch_size=block if block > 1 else None)
 
 
-def chunk_bytes(space: CandidateSpace, num_settings: int, num_records: int,
-                batch: int, hidden: int, bayes: bool) -> int:
-  """Approximate buffer bytes per candidate in a chunk: the per-step
-  intermediates of every setting, plus (Bayes) the running sums and prior."""
+def chunk_bytes(space: CandidateSpace, num_records: int, batch: int, hidden: int,
+                bayes: bool) -> int:
+  """Approximate buffer bytes per candidate and setting: the per-step
+  intermediates, plus (Bayes) the running sums, prior and posterior."""
   k = space.num_labels
-  per = num_settings * batch * (3 * hidden + 2 * k)
+  per = batch * (3 * hidden + 2 * k)
   if bayes:
-    per += (num_settings + 2) * num_records * k
+    per += 3 * num_records * k
   return 4 * per
 
 
 def check_memory(space: CandidateSpace, num_records: int, batch: int,
                  hidden: int, chunk: int, max_chunk_mb: float,
-                 max_candidates: int, num_settings: int = 1,
-                 bayes: bool = True) -> None:
+                 max_candidates: int, block: int = 1, bayes: bool = True) -> None:
   """Raises ConfigError when the space or one chunk's buffers are too large."""
   if space.size > max_candidates:
     raise ConfigError(
         f"attack.exact.max_candidates: the candidate space has {space.size:,} "
         f"private combinations per record (radices {space.radices}), above "
         f"{max_candidates:,}; raise it or make fewer features private")
-  mb = chunk * chunk_bytes(space, num_settings, num_records, batch, hidden, bayes) / 2**20
+  mb = chunk * block * chunk_bytes(space, num_records, batch, hidden, bayes) / 2**20
   if mb > max_chunk_mb:
     raise ConfigError(
         f"attack.exact.chunk_candidates: {chunk} candidates need ~{mb:,.0f} MiB "
-        f"of buffers for {num_records:,} records x {num_settings} settings, above "
-        f"attack.exact.max_chunk_mb={max_chunk_mb:,.0f}; lower the chunk or "
-        "attack fewer settings at once")
+        f"of buffers for {num_records:,} records, above "
+        f"attack.exact.max_chunk_mb={max_chunk_mb:,.0f}; lower the chunk")
 
 
 def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
                batch: int, hidden: int, bayes: bool, chunk_candidates: int,
-               chunk_mb: float) -> int:
-  """Candidates per chunk: at most chunk_candidates, and few enough that the
-  chunk's buffers stay near chunk_mb (at least 1)."""
-  per = chunk_bytes(space, num_settings, num_records, batch, hidden, bayes)
-  fit = max(1, int(chunk_mb * 2**20 // per))
-  return int(min(chunk_candidates, space.size, fit))
+               chunk_mb: float) -> tuple[int, int]:
+  """(candidates per chunk, settings vmapped together): the chunk as large as
+  chunk_candidates and the buffer target allow, then as many settings per
+  block as still fit (each at least 1)."""
+  per = chunk_bytes(space, num_records, batch, hidden, bayes)
+  budget = chunk_mb * 2**20
+  chunk = int(min(chunk_candidates, space.size, max(1, budget // per)))
+  block = int(min(num_settings, max(1, budget // (per * chunk))))
+  return chunk, block
 
 
 def stack_views(views: list[ServerView]) -> ServerView:
@@ -273,10 +321,10 @@ def attack_settings(model, space: CandidateSpace, views: ServerView,
   num_settings, num_epochs = views.ids.shape[:2]
   hidden = (model.head.hidden or (model.head.num_outputs,))[0]
   batch = views.ids.shape[-1]
-  chunk = plan_chunk(space, num_settings, num_records, batch, hidden, bayes,
-                     chunk_candidates, chunk_mb)
+  chunk, block = plan_chunk(space, num_settings, num_records, batch, hidden, bayes,
+                            chunk_candidates, chunk_mb)
   check_memory(space, num_records, batch, hidden, chunk, max_chunk_mb,
-               max_candidates, num_settings, bayes)
+               max_candidates, block, bayes)
   if bayes and log_prior is None:
     cats = tuple(jnp.zeros((num_records, r)) for r in space.radices[:space.num_categorical])
     log_prior = (cats, jnp.zeros((num_records, space.num_labels)))
@@ -288,13 +336,19 @@ def attack_settings(model, space: CandidateSpace, views: ServerView,
            jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32),
            jnp.full(shape, -jnp.inf))
   num_chunks = math.ceil(space.size / chunk)
+  start = last_log = time.perf_counter()
   for i in range(num_chunks):
     carry = _chunk(carry, jnp.int32(i * chunk), views, clip_norm, scale,
                    log_prior if bayes else None, model=model, space=space,
-                   metric=metric, chunk=chunk, num_records=num_records, bayes=bayes)
-    if num_chunks >= 20 and (i + 1) % max(1, num_chunks // 10) == 0:
-      logging.info("EXACT%s: %d/%d candidate chunks of %d", " + Bayes" if bayes else "",
-                   i + 1, num_chunks, chunk)
+                   metric=metric, chunk=chunk, num_records=num_records, bayes=bayes,
+                   block=block)
+    if time.perf_counter() - last_log > 15 and i + 1 < num_chunks:
+      jax.block_until_ready(carry)
+      now = time.perf_counter()
+      last_log = now
+      logging.info("EXACT%s: %d/%d candidate chunks of %d (%d settings x %d epochs), "
+                   "ETA %.0f s", " + Bayes" if bayes else "", i + 1, num_chunks, chunk,
+                   num_settings, num_epochs, (now - start) / (i + 1) * (num_chunks - i - 1))
   ex_best, ex_arg, b_best, b_arg, b_lse = jax.device_get(carry)
   ids = np.asarray(views.ids).reshape(num_settings, num_epochs, -1)
   released = np.zeros(shape, bool)

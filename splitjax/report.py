@@ -1,0 +1,346 @@
+"""Privacy-utility tables and plots of a sweep (SPEC §5).
+
+One row per setting, seeds aggregated as the mean and the half-width of a 95 %
+Student-t interval over seeds (nan for one seed). Columns: the setting, test
+AUC, accuracy and log-loss, the AUC gain over the server-features-only model of
+the same seed, epsilon after training (PLD, RDP, label, total) and mu-GDP, each
+attack's accuracy per private feature and the label at the attacked epoch, the
+audit ceiling of each, the number of audit violations, and the config hash,
+seeds and git commit.
+
+Files: privacy_utility.csv (flat), .json (rows with per-seed values, and
+metadata), .md (a utility table and one attack table per attribute), and PNG
+plots: auc_vs_epsilon, attack_vs_epsilon, accuracy_over_epochs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+
+import numpy as np
+from scipy import stats
+
+from splitjax import workdir as wd
+
+TABLE = "privacy_utility"
+TRAIN_METRICS = ("test_auc", "test_accuracy", "test_log_loss")
+ACCOUNTING = ("epsilon_pld", "epsilon_rdp", "epsilon_label", "epsilon_total", "mu_gdp")
+MODEL_ATTACKS = ("exact", "bayes_exact", "gradmatch")
+ATTACK_TITLES = {"prior": "prior", "server_model": "server model", "exact": "EXACT",
+                 "bayes_exact": "Bayes EXACT", "gradmatch": "optimiser",
+                 "label_norm": "label norm", "label_direction": "label direction"}
+
+
+def ci95(values) -> tuple[float, float]:
+  """Mean and the half-width of the 95 % t-interval (nan for n < 2)."""
+  v = np.asarray([x for x in values if x is not None], float)
+  if v.size == 0:
+    return math.nan, math.nan
+  if v.size < 2 or not np.all(np.isfinite(v)):
+    return float(v.mean()), math.nan
+  half = stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+  return float(v.mean()), float(half)
+
+
+def targets(schema) -> list[str]:
+  return [f.name for f in schema.private] + ["label"]
+
+
+def attack_epoch(config) -> str:
+  return str(max(config.attack.epochs or (config.train.num_epochs,)))
+
+
+def _entry(attacks: dict, name: str, target: str) -> dict | None:
+  m = attacks.get(name)
+  if m is None:
+    return None
+  return m.get("label") if target == "label" else m["features"].get(target)
+
+
+def _attack_value(entry: dict | None):
+  """Accuracy, or for a numeric feature its MAE in standard deviations."""
+  if entry is None:
+    return None, None
+  if "accuracy" in entry:
+    return entry["accuracy"], "acc"
+  return entry.get("mae_std"), "mae"
+
+
+def aggregate(config, schema, settings, records: list[dict], provenance: dict
+              ) -> list[dict]:
+  """The table rows, in settings order."""
+  epoch = attack_epoch(config)
+  names = tuple(config.attack.names)
+  by_key = {}
+  for r in records:
+    by_key.setdefault(r["setting"]["key"], []).append(r)
+  server_only = {}
+  for s in settings:
+    if s.defence == "server_only":
+      server_only[s.knowledge] = {r["seed"]: r["history"][-1]["test_auc"]
+                                  for r in by_key.get(s.key, [])}
+  rows = []
+  for s in settings:
+    recs = sorted(by_key.get(s.key, []), key=lambda r: r["seed"])
+    if not recs:
+      continue
+    mech = recs[0]["mechanism"]
+    row = {"dataset": config.data.name, "setting": s.key, "defence": s.defence,
+           "knowledge": s.knowledge, "noise_multiplier": mech["noise_multiplier"],
+           "target_epsilon": s.target_epsilon, "label_epsilon": s.label_epsilon,
+           "clip_norm": mech["clip_norm"], "num_epochs": config.train.num_epochs,
+           "attack_epoch": int(epoch), "num_seeds": len(recs),
+           "seeds": " ".join(str(r["seed"]) for r in recs)}
+    per_seed = {}
+
+    def put(name, values):
+      per_seed[name] = values
+      row[name], row[name + "_ci95"] = ci95(values)
+
+    for m in TRAIN_METRICS:
+      put(m, [r["history"][-1][m] for r in recs])
+    so = server_only.get(s.knowledge)
+    if so and s.defence != "server_only":
+      put("auc_gain", [r["history"][-1]["test_auc"] - so[r["seed"]] for r in recs
+                       if r["seed"] in so])
+    final = recs[0]["accounting"][-1]
+    for m in ACCOUNTING:
+      row[m] = final[m]
+    violations = 0
+    for t in targets(schema):
+      for a in names:
+        values = [_attack_value(_entry(r["attacks"].get(epoch, {}), a, t))[0]
+                  for r in recs]
+        if any(v is not None for v in values):
+          kind = _attack_value(_entry(recs[0]["attacks"][epoch], a, t))[1]
+          put(f"{a}/{t}" + ("" if kind == "acc" else "/mae_std"), values)
+      caps = [r["attacks"].get(epoch, {}).get("ceilings", {}).get(t) for r in recs]
+      if any(c is not None for c in caps):
+        row[f"ceiling/{t}"] = float(np.mean([c for c in caps if c is not None]))
+    violations = sum(len(r["audit_violations"]) for r in recs)
+    row["audit_violations"] = violations
+    row["config_hash"] = provenance["config_hash"]
+    row["git_commit"] = provenance["git_commit"]
+    row["per_seed"] = per_seed
+    rows.append(row)
+  return rows
+
+
+def _nan(x) -> float:
+  return math.nan if x is None else x
+
+
+def _num(x) -> str:
+  if isinstance(x, float):
+    if math.isnan(x):
+      return "nan"
+    if math.isinf(x):
+      return "inf" if x > 0 else "-inf"
+    return f"{x:.6g}"
+  return str(x)
+
+
+def to_csv(rows: list[dict]) -> str:
+  columns = []
+  for r in rows:
+    columns += [k for k in r if k != "per_seed" and k not in columns]
+  out = io.StringIO()
+  w = csv.writer(out, lineterminator="\n")
+  w.writerow(columns)
+  for r in rows:
+    w.writerow([_num(r[c]) if c in r else "" for c in columns])
+  return out.getvalue()
+
+
+def _jsonable(x):
+  if isinstance(x, float) and not math.isfinite(x):
+    return _num(x)
+  if isinstance(x, dict):
+    return {k: _jsonable(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_jsonable(v) for v in x]
+  return x
+
+
+def _cell(row, name, digits=3) -> str:
+  if name not in row:
+    return ""
+  mean, half = row[name], row.get(name + "_ci95", math.nan)
+  if not math.isfinite(mean):
+    return _num(mean)
+  return f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
+
+
+def _eps(x) -> str:
+  return "∞" if math.isinf(x) else f"{x:.3g}"
+
+
+def to_markdown(rows: list[dict], schema, config, provenance: dict) -> str:
+  names = tuple(config.attack.names)
+  lines = [f"# {config.data.name}: privacy-utility sweep", "",
+           f"config {provenance['config_hash']}, commit {provenance['git_commit']}, "
+           f"seeds {' '.join(str(s) for s in config.sweep.seeds)}, "
+           f"{config.train.num_epochs} epochs, attacks after epoch "
+           f"{attack_epoch(config)}, clip norm {config.defence.clip_norm:g}, "
+           f"delta {config.defence.delta:g}. Mean ± 95 % t-interval over seeds.", "",
+           "| setting | sigma | eps_label | eps (PLD) | eps (RDP) | eps total "
+           "| test AUC | accuracy | AUC gain | audit violations |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(
+        f"| {r['setting']} | {r['noise_multiplier']:g} | {_eps(r['label_epsilon'])} "
+        f"| {_eps(r['epsilon_pld'])} | {_eps(r['epsilon_rdp'])} "
+        f"| {_eps(r['epsilon_total'])} | {_cell(r, 'test_auc', 4)} "
+        f"| {_cell(r, 'test_accuracy', 4)} | {_cell(r, 'auc_gain', 4)} "
+        f"| {r['audit_violations']} |")
+  for t in targets(schema):
+    cols = [a for a in names if any(f"{a}/{t}" in r or f"{a}/{t}/mae_std" in r
+                                    for r in rows)]
+    if not cols:
+      continue
+    numeric = any(f"{a}/{t}/mae_std" in r for a in cols for r in rows)
+    lines += ["", f"## {t}: attack {'MAE (std units)' if numeric else 'accuracy'}", "",
+              "| setting | " + " | ".join(ATTACK_TITLES[a] for a in cols)
+              + " | audit ceiling |",
+              "|---" * (len(cols) + 2) + "|"]
+    for r in rows:
+      if r["defence"] == "server_only":
+        continue
+      cells = [_cell(r, f"{a}/{t}") or _cell(r, f"{a}/{t}/mae_std") for a in cols]
+      cap = r.get(f"ceiling/{t}")
+      lines.append(f"| {r['setting']} | " + " | ".join(cells)
+                   + f" | {'' if cap is None else f'{cap:.3f}'} |")
+  return "\n".join(lines) + "\n"
+
+
+def _save(fig, path: str) -> None:
+  """Saves a figure atomically."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+  os.close(fd)
+  try:
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _series(rows, defence):
+  """Rows of one defence sorted by epsilon (its x value)."""
+  key = "epsilon_total" if defence == "noise" else "epsilon_label"
+  sel = [r for r in rows if r["defence"] == defence and math.isfinite(r[key])]
+  return sorted(sel, key=lambda r: r[key]), key
+
+
+def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  names = tuple(config.attack.names)
+  none = next((r for r in rows if r["defence"] == "none"), None)
+  so = next((r for r in rows if r["defence"] == "server_only"), None)
+  styles = {"noise": ("o-", "cut-layer clip + noise (x: epsilon)"),
+            "label_dp": ("s--", "label DP (x: epsilon_label)")}
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for defence, (style, label) in styles.items():
+    sel, key = _series(rows, defence)
+    if sel:
+      ax.errorbar([r[key] for r in sel], [r["test_auc"] for r in sel],
+                  yerr=[np.nan_to_num(r["test_auc_ci95"]) for r in sel],
+                  fmt=style, capsize=3, label=label)
+  if none:
+    ax.axhline(none["test_auc"], color="k", lw=1, label="no defence")
+  if so:
+    ax.axhline(so["test_auc"], color="gray", ls=":", lw=1, label="server features only")
+  ax.set_xscale("log")
+  ax.set_xlabel("epsilon")
+  ax.set_ylabel("test AUC")
+  ax.set_title(f"{config.data.name}: utility vs privacy")
+  ax.legend(fontsize=8)
+  _save(fig, os.path.join(folder, "auc_vs_epsilon.png"))
+  plt.close(fig)
+
+  tgts = targets(schema)
+  fig, axes = plt.subplots(1, len(tgts), figsize=(3.6 * len(tgts), 3.6), squeeze=False)
+  colours = {a: f"C{i}" for i, a in enumerate(names)}
+  for ax, t in zip(axes[0], tgts):
+    # Label DP protects only the label: its series is drawn on the label panel.
+    for defence in ("noise", "label_dp") if t == "label" else ("noise",):
+      style, _ = styles[defence]
+      sel, key = _series(rows, defence)
+      for a in names:
+        if a in MODEL_ATTACKS or a.startswith("label_"):
+          pts = [(r[key], r[f"{a}/{t}"]) for r in sel if f"{a}/{t}" in r]
+          if pts:
+            ax.plot(*zip(*pts), style, ms=4, color=colours[a],
+                    label=f"{ATTACK_TITLES[a]}, {defence}")
+      caps = [(r[key], r[f"ceiling/{t}"]) for r in sel if f"ceiling/{t}" in r]
+      if caps:
+        ax.plot(*zip(*caps), "k" + style[1:], lw=1, alpha=0.5,
+                label=f"audit ceiling, {defence}")
+    for a, ls in (("prior", ":"), ("server_model", "-.")):
+      vals = [r[f"{a}/{t}"] for r in rows if f"{a}/{t}" in r]
+      if vals:
+        ax.axhline(float(np.mean(vals)), color="gray", ls=ls, lw=1, label=ATTACK_TITLES[a])
+    ax.set_xscale("log")
+    ax.set_title(t, fontsize=9)
+    ax.set_xlabel("epsilon")
+  axes[0, 0].set_ylabel("attack accuracy")
+  handles, labels = axes[0, -1].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="upper center", ncol=5, fontsize=7,
+             bbox_to_anchor=(0.5, 0.0))
+  fig.suptitle(f"{config.data.name}: attack accuracy vs epsilon")
+  _save(fig, os.path.join(folder, "attack_vs_epsilon.png"))
+  plt.close(fig)
+
+  if none is None:
+    return
+  recs = [r for r in records if r["setting"]["key"] == none["setting"]]
+  epochs = sorted({int(e) for r in recs for e in r["attacks"]})
+  fig, axes = plt.subplots(1, len(tgts) + 1, figsize=(3.2 * (len(tgts) + 1), 3.2),
+                           squeeze=False)
+  for ax, t in zip(axes[0], tgts):
+    for a in names:
+      ys = [np.mean([_nan(_attack_value(_entry(r["attacks"][str(e)], a, t))[0])
+                     for r in recs]) for e in epochs]
+      if not all(np.isnan(ys)):
+        ax.plot(epochs, ys, "o-", ms=4, color=colours[a], label=ATTACK_TITLES[a])
+    ax.set_title(t, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+  axes[0, 0].set_ylabel("attack accuracy (no defence)")
+  axes[0, -2].legend(fontsize=7)
+  num_epochs = len(recs[0]["history"])
+  axes[0, -1].plot(range(1, num_epochs + 1),
+                   [np.mean([r["history"][e]["test_auc"] for r in recs])
+                    for e in range(num_epochs)], "o-k", ms=4)
+  axes[0, -1].set_title("test AUC", fontsize=9)
+  axes[0, -1].xaxis.get_major_locator().set_params(integer=True)
+  axes[0, -1].set_xlabel("epoch")
+  fig.suptitle(f"{config.data.name}: no defence, over training")
+  _save(fig, os.path.join(folder, "accuracy_over_epochs.png"))
+  plt.close(fig)
+
+
+def write(folder: str, config, schema, settings, records: list[dict],
+          provenance: dict) -> list[dict]:
+  """Aggregates and writes the tables (and plots); returns the rows."""
+  rows = aggregate(config, schema, settings, records, provenance)
+  if config.sweep.plots:
+    plot(folder, rows, records, schema, config)
+  wd.write_text(os.path.join(folder, TABLE + ".md"),
+                to_markdown(rows, schema, config, provenance))
+  wd.write_json(os.path.join(folder, TABLE + ".json"),
+                _jsonable({"rows": rows, "config_hash": provenance["config_hash"],
+                           "git_commit": provenance["git_commit"],
+                           "seeds": list(config.sweep.seeds)}))
+  # The CSV last: its presence marks a finished sweep.
+  wd.write_text(os.path.join(folder, TABLE + ".csv"), to_csv(rows))
+  return rows

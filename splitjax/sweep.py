@@ -1,0 +1,343 @@
+"""The sweep job: a grid of privacy settings trained, attacked and accounted.
+
+A sweep is settings x seeds. Every run of one knowledge setting has the same
+array shapes, so a *shape group* trains and is attacked as one vmapped program
+(`training.Trainer`, `exact.attack_settings`); `sweep.max_group_size` splits a
+large group into batches of equal composition, each a unit of work.
+
+Workdir layout:
+  config.json             the config and its hash; a rerun with another
+                          config is refused
+  batches/<id>.json       one finished batch (its runs' metrics, attacks,
+                          accounting), written atomically; a rerun skips it
+  privacy_utility.{csv,json,md}, *.png
+                          the tables and plots, written once every batch is
+                          done (see splitjax.report)
+
+A run killed at any point and rerun with the same config recomputes only the
+batches without a file and ends with the same tables: batch composition is a
+function of the config alone, and each run's numbers depend only on its seed
+and setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from splitjax import accounting, audit, configlib, data, evaluation, models
+from splitjax import report, training
+from splitjax import workdir as wd
+from splitjax.errors import ConfigError
+
+MODEL_ATTACKS = ("exact", "bayes_exact", "gradmatch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One row of the table: a defence at one strength, under one knowledge."""
+  key: str
+  defence: str               # none | noise | label_dp | server_only
+  knowledge: str
+  noise_multiplier: float = 0.0
+  target_epsilon: float = 0.0
+  label_epsilon: float = math.inf
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+class Run(NamedTuple):
+  setting: Setting
+  seed: int
+
+  @property
+  def key(self) -> str:
+    return f"{self.setting.key}/seed{self.seed}"
+
+
+class Batch(NamedTuple):
+  id: str
+  knowledge: str
+  runs: tuple[Run, ...]
+
+
+def _fmt(x: float) -> str:
+  return f"{x:g}"
+
+
+def grid(config) -> list[Setting]:
+  """The settings of a sweep config, in table order."""
+  sw, d = config.sweep, config.defence
+  knowledges = tuple(sw.knowledge) or (config.view.knowledge,)
+  out = []
+  for k in knowledges:
+    prefix = f"{k}/" if len(knowledges) > 1 else ""
+    if sw.server_only:
+      out.append(Setting(prefix + "server_only", "server_only", k))
+    if sw.undefended:
+      out.append(Setting(prefix + "none", "none", k))
+    for sigma in sw.noise_multipliers:
+      out.append(Setting(f"{prefix}noise_sigma{_fmt(sigma)}", "noise", k,
+                         noise_multiplier=float(sigma)))
+    for eps in sw.target_epsilons:
+      sigma = accounting.calibrate_noise_multiplier(eps, config.train.num_epochs,
+                                                    d.delta, d.accountant)
+      out.append(Setting(f"{prefix}noise_eps{_fmt(eps)}", "noise", k,
+                         noise_multiplier=sigma, target_epsilon=float(eps)))
+    for eps in sw.label_epsilons:
+      out.append(Setting(f"{prefix}label_eps{_fmt(eps)}", "label_dp", k,
+                         label_epsilon=float(eps)))
+  if not any(s.defence != "server_only" for s in out):
+    raise ConfigError("sweep: no settings to attack; set sweep.undefended or give "
+                      "sweep.noise_multipliers, sweep.target_epsilons or "
+                      "sweep.label_epsilons")
+  return out
+
+
+def batches(config, settings: list[Setting]) -> list[Batch]:
+  """Runs (setting x seed) in shape groups, split into batches of at most
+  sweep.max_group_size runs."""
+  out = []
+  knowledges = list(dict.fromkeys(s.knowledge for s in settings))
+  for g, k in enumerate(knowledges):
+    runs = [Run(s, int(seed)) for s in settings if s.knowledge == k
+            for seed in config.sweep.seeds]
+    size = config.sweep.max_group_size or len(runs)
+    for b, start in enumerate(range(0, len(runs), size)):
+      out.append(Batch(f"group{g}-{k}-batch{b}", k, tuple(runs[start:start + size])))
+  return out
+
+
+def mechanism(config, setting: Setting) -> dict:
+  """The Setting fields (training.Setting) of a sweep setting."""
+  c = config.defence.clip_norm
+  noisy = setting.defence == "noise"
+  return dict(clip_norm=c if noisy else 0.0,
+              noise_stddev=setting.noise_multiplier * c if noisy else 0.0,
+              noise_multiplier=setting.noise_multiplier if noisy else 0.0,
+              label_epsilon=setting.label_epsilon)
+
+
+def _accounting(config, spec, setting: Setting, cache: dict) -> list[dict]:
+  mech = mechanism(config, setting)
+  key = (mech["noise_multiplier"], mech["label_epsilon"])
+  if key not in cache:
+    d = config.defence
+    cache[key] = accounting.report(
+        clip_norm=d.clip_norm, noise_multiplier=mech["noise_multiplier"],
+        clip=setting.defence == "noise", label_epsilon_=mech["label_epsilon"],
+        num_classes=spec.model.num_classes, num_epochs=config.train.num_epochs,
+        batch_size=spec.batch_size if spec.mode == "sl" else spec.client_batch_size,
+        num_train=spec.num_train if spec.mode == "sl" else spec.records_per_client,
+        delta=d.delta)
+  return cache[key]
+
+
+def _check_workdir(workdir: str, config, provenance: dict) -> None:
+  """Refuses a workdir that holds another config's results."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      held = json.load(f).get("config_hash")
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"--workdir: {path} is unreadable ({e}); choose another "
+                      "workdir") from None
+  if held != provenance["config_hash"]:
+    raise ConfigError(
+        f"--workdir: {workdir} holds results of a different config (hash {held}, "
+        f"this config is {provenance['config_hash']}); choose another workdir "
+        "(results are never overwritten)")
+
+
+class Progress:
+  """Progress lines (absl logging) with runs done, ETA and examples/s, and a
+  bar on stderr when it is a terminal."""
+
+  def __init__(self, num_batches: int, num_runs: int, num_epochs: int):
+    self.num_batches, self.num_runs, self.num_epochs = num_batches, num_runs, num_epochs
+    self.start = time.perf_counter()
+    self.units_done = 0.0
+    self.units_total = 0.0
+    self.runs_done = 0
+    self.tty = sys.stderr.isatty()
+
+  def plan(self, pending_runs: int):
+    # A run's work: its epochs plus one epoch's worth for its attacks.
+    self.units_total = pending_runs * (self.num_epochs + 1)
+
+  def eta(self) -> str:
+    if self.units_done <= 0:
+      return "?"
+    rate = (time.perf_counter() - self.start) / self.units_done
+    seconds = rate * max(0.0, self.units_total - self.units_done)
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+  def update(self, line: str, units: float = 0.0, runs: int = 0):
+    self.units_done += units
+    self.runs_done += runs
+    logging.info("%s | runs done %d/%d, ETA %s", line, self.runs_done,
+                 self.num_runs, self.eta())
+    if self.tty:
+      frac = self.units_done / max(self.units_total, 1e-9)
+      bar = "#" * int(30 * frac)
+      sys.stderr.write(f"\r[{bar:<30}] {100 * frac:5.1f}% ETA {self.eta():>9}")
+      sys.stderr.flush()
+      if frac >= 1:
+        sys.stderr.write("\n")
+
+
+@functools.lru_cache(maxsize=8)
+def _trainer(spec: training.TrainSpec) -> training.Trainer:
+  """One Trainer (so one compilation per batch size) per spec."""
+  return training.Trainer(spec)
+
+
+def _train_batch(config, dataset, spec, batch: Batch, progress: Progress,
+                 prefix: str):
+  rows = [dict(seed=r.seed, **{k: v for k, v in mechanism(config, r.setting).items()
+                               if k != "noise_multiplier"},
+               use_private=0.0 if r.setting.defence == "server_only" else 1.0)
+          for r in batch.runs]
+  trainer = _trainer(spec)
+  n = len(rows)
+
+  def on_epoch(epoch, metrics, seconds):
+    auc = [m["test_auc"] for m in metrics]
+    progress.update(
+        f"{prefix} epoch {epoch + 1}/{config.train.num_epochs}: {n} runs, test AUC "
+        f"{min(auc):.4f}-{max(auc):.4f}, {spec.examples_per_epoch * n / seconds:,.0f} "
+        f"examples/s{' (incl. compile)' if epoch == 0 else ''}", units=n)
+
+  return training.train(trainer, jax.device_put(dataset.train),
+                        jax.device_put(dataset.test), training.make_settings(rows),
+                        config.train.num_epochs, on_epoch)
+
+
+def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
+              acct_cache: dict, prefix: str, provenance: dict
+              ) -> tuple[list[dict], dict]:
+  """Trains and attacks one batch; returns its run records and timings."""
+  spec = dataclasses.replace(training.make_spec(config, model, dataset.train),
+                             knowledge=batch.knowledge, capture_view=True)
+  start = time.perf_counter()
+  state, history, views = _train_batch(config, dataset, spec, batch, progress, prefix)
+  train_seconds = time.perf_counter() - start
+  attacked = [i for i, r in enumerate(batch.runs) if r.setting.defence != "server_only"]
+  last = max(config.attack.epochs or (config.train.num_epochs,))
+  heavy = sorted(set(config.attack.epochs)) or [config.train.num_epochs]
+  idx = jnp.asarray(attacked, jnp.int32)
+  sub_views = [jax.tree.map(lambda a: a[idx], v) for v in views[:last]]
+  del views
+  settings = [batch.runs[i].setting for i in attacked]
+  mechs = [mechanism(config, s) for s in settings]
+  accts = [_accounting(config, spec, s, acct_cache) for s in settings]
+  noisy = None
+  if any(math.isfinite(m["label_epsilon"]) for m in mechs):
+    noisy = np.asarray(state.labels)[np.asarray(attacked)]
+  names = ctx.names
+  if batch.knowledge == "none":
+    names = tuple(a for a in names if a not in MODEL_ATTACKS)
+  start = time.perf_counter()
+  results = []
+  if attacked:
+    results = evaluation.attack_settings(dataclasses.replace(ctx, names=names),
+                                         sub_views, mechs, noisy, accts,
+                                         list(range(1, last + 1)), heavy)
+  attack_seconds = time.perf_counter() - start
+  progress.update(f"{prefix} attacks: {len(attacked)} runs, "
+                  f"{attack_seconds:.1f} s", units=len(batch.runs),
+                  runs=len(batch.runs))
+  by_index = dict(zip(attacked, results))
+  records = []
+  for i, r in enumerate(batch.runs):
+    res = by_index.get(i, {"epochs": {}, "violations": []})
+    records.append({
+        "run": r.key, "setting": r.setting.to_json(), "seed": r.seed,
+        "mechanism": mechanism(config, r.setting),
+        "history": [h[i] for h in history],
+        "accounting": _accounting(config, spec, r.setting, acct_cache),
+        "attacks": res["epochs"], "audit_violations": res["violations"]})
+  return records, {"train_seconds": train_seconds, "attack_seconds": attack_seconds,
+                   "num_runs": len(batch.runs), **provenance}
+
+
+def run(config, workdir: str) -> list[dict]:
+  """The sweep job; returns the table rows (see splitjax.report)."""
+  configlib.check(config)
+  provenance = {"config_hash": configlib.config_hash(config),
+                "git_commit": wd.git_commit()}
+  _check_workdir(workdir, config, provenance)
+  table = os.path.join(workdir, report.TABLE + ".csv")
+  if os.path.exists(table):
+    logging.info("%s is complete (config %s); nothing to do", workdir,
+                 provenance["config_hash"])
+    with open(os.path.join(workdir, report.TABLE + ".md")) as f:
+      print(f.read())
+    with open(os.path.join(workdir, report.TABLE + ".json")) as f:
+      return json.load(f)["rows"]
+
+  settings = grid(config)
+  plan = batches(config, settings)
+  dataset = data.load(config.data)
+  model = models.make_model(dataset.schema, config.model)
+  spec = training.make_spec(config, model, dataset.train)
+  ctx = evaluation.prepare(config, dataset, model, spec)
+  os.makedirs(os.path.join(workdir, "batches"), exist_ok=True)
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    wd.write_json(os.path.join(workdir, "config.json"),
+                  {"config": config.to_dict(), "schema": dataset.schema.to_json(),
+                   "settings": [s.to_json() for s in settings],
+                   "batches": [[r.key for r in b.runs] for b in plan], **provenance})
+  num_runs = sum(len(b.runs) for b in plan)
+  logging.info("%s sweep: %d settings x %d seeds = %d runs in %d batches; "
+               "%d train / %d test examples, private %s", config.data.name,
+               len(settings), len(config.sweep.seeds), num_runs, len(plan),
+               dataset.train.num_examples, dataset.test.num_examples,
+               [f.name for f in dataset.schema.private])
+  progress = Progress(len(plan), num_runs, config.train.num_epochs)
+  done = {b.id for b in plan
+          if os.path.exists(os.path.join(workdir, "batches", b.id + ".json"))}
+  progress.runs_done = sum(len(b.runs) for b in plan if b.id in done)
+  progress.plan(num_runs - progress.runs_done)
+  if done:
+    logging.info("resuming: %d of %d batches already finished", len(done), len(plan))
+  acct_cache = {}
+  start = time.perf_counter()
+  for i, b in enumerate(plan):
+    if b.id in done:
+      continue
+    prefix = f"batch {i + 1}/{len(plan)} ({b.knowledge})"
+    records, meta = run_batch(config, dataset, model, ctx, b, progress, acct_cache,
+                              prefix, provenance)
+    wd.write_json(os.path.join(workdir, "batches", b.id + ".json"),
+                  {"batch": b.id, "runs": records, **meta})
+  all_records, commits = [], []
+  for b in plan:
+    with open(os.path.join(workdir, "batches", b.id + ".json")) as f:
+      held = json.load(f)
+    all_records += held["runs"]
+    commits.append(held["git_commit"])
+  rows = report.write(workdir, config, dataset.schema, settings, all_records,
+                      dict(provenance, git_commit="+".join(dict.fromkeys(commits))))
+  logging.info("sweep done in %.1f s; wrote %s", time.perf_counter() - start, table)
+  with open(os.path.join(workdir, report.TABLE + ".md")) as f:
+    print(f.read())
+  violations = [f"{r['run']}: {v}" for r in all_records for v in r["audit_violations"]]
+  if violations:
+    raise audit.AuditViolation("privacy audit failed (a bug in the mechanism, "
+                               "accountant or attack): " + "; ".join(violations))
+  return rows
