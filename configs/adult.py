@@ -24,9 +24,7 @@ def get_config(arg=None):
   c.train.num_epochs = 3
   # The main job (scripts/sweep.py): no defence, clip + noise at five sigmas,
   # label DP at two epsilons, 3 seeds, EXACT, Bayesian EXACT and baselines.
-  c.sweep.noise_multipliers = (0.25, 0.5, 1.0, 2.0, 4.0)
-  c.sweep.label_epsilons = (1.0, 3.0)
-  c.sweep.seeds = (0, 1, 2)
+  configlib.main_sweep(c)
   variants = set(arg.split(",")) if arg else set()
   unknown = variants - {"smoke", "numeric", "fsl"}
   if unknown:

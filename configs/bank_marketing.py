@@ -3,6 +3,8 @@
 Launch (runs offline on the shipped copy):
   python scripts/train.py --config=configs/bank_marketing.py --workdir=/tmp/splitjax/bank
 Smoke variant (seconds): --config=configs/bank_marketing.py:smoke
+Sweep (results/bank_marketing/):
+  python scripts/sweep.py --config=configs/bank_marketing.py --workdir=workdirs/bank
 
 Expected: ~1 min on a 2-core CPU; test AUC ~0.92 after 3 epochs. The call
 `duration` is a server (contact) feature and carries most of the signal, so the
@@ -17,6 +19,7 @@ def get_config(arg=None):
   c.data.name = "bank_marketing"
   c.data.private_features = ("marital", "education", "default", "housing", "loan")
   c.train.num_epochs = 3
+  configlib.main_sweep(c)  # scripts/sweep.py's grid (results/bank_marketing/)
   if arg == "smoke":
     configlib.smoke(c)
   elif arg:

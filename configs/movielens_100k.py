@@ -7,6 +7,9 @@ Launch:
   python scripts/train.py --config=configs/movielens_100k.py \
       --config.data.manual_dir=/path/to/ml-100k --workdir=/tmp/splitjax/ml100k
 Smoke variant (seconds): --config=configs/movielens_100k.py:smoke
+Sweep (results/movielens_100k/):
+  python scripts/sweep.py --config=configs/movielens_100k.py \
+      --config.data.manual_dir=/path/to/ml-100k --workdir=workdirs/ml100k
 
 The server holds movie id, genres and release year. The user id is off the
 server by default (it would explain the user's rating bias on its own and
@@ -28,6 +31,7 @@ def get_config(arg=None):
   c.data.server_features = ("movie_id", "release_year") + tuple(
       n for n in official.MOVIELENS.names if n.startswith("genre_"))
   c.train.num_epochs = 5
+  configlib.main_sweep(c)  # scripts/sweep.py's grid (results/movielens_100k/)
   if arg == "smoke":
     configlib.smoke(c)
   elif arg:

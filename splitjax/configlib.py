@@ -124,6 +124,15 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def main_sweep(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The grid of the committed results (issue 5's main job): no defence,
+  clip + noise at sigma 0.25 to 4, label DP at epsilon 1 and 3, 3 seeds."""
+  c.sweep.noise_multipliers = (0.25, 0.5, 1.0, 2.0, 4.0)
+  c.sweep.label_epsilons = (1.0, 3.0)
+  c.sweep.seeds = (0, 1, 2)
+  return c
+
+
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to a seconds-long run (the `:smoke` variants)."""
   c.data.max_train_examples = 2048

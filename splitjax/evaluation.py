@@ -187,7 +187,7 @@ def attack_settings(ctx: AttackContext, views: list, mechs: list[dict],
     Per setting: {"epochs": {epoch: {attack: scores, "ceilings": ...}},
     "violations": [...]}.
   """
-  names, schema, truth, n = ctx.names, ctx.schema, ctx.truth, ctx.num_records
+  names, schema, n = ctx.names, ctx.schema, ctx.num_records
   num_settings, last = len(mechs), max(epochs)
   ex = ctx.config.attack.exact
   ex_res, ex_seconds = None, 0.0
