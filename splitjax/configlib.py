@@ -120,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sweep.label_epsilons = ()
   c.sweep.knowledge = ()  # () = (view.knowledge,)
   c.sweep.max_group_size = 0  # runs vmapped per program; 0 = a whole group
+  c.sweep.max_view_gb = 8.0  # refuse batches whose captured views exceed this
   c.sweep.plots = True
   return c
 
@@ -228,6 +229,8 @@ def check(config: ml_collections.ConfigDict) -> None:
           f"unknown {k!r}; known: {list(KNOWLEDGE)}")
     _need(k != "stale" or t.mode == "fsl", "sweep.knowledge",
           "'stale' needs train.mode='fsl' (it is the FedAvg round-start model)")
+  _need(sw.max_view_gb > 0, "sweep.max_view_gb",
+        f"must be positive, got {sw.max_view_gb}")
   _need(sw.max_group_size >= 0, "sweep.max_group_size",
         f"must be >= 0 (0 = no limit), got {sw.max_group_size}")
   needs_model = {"exact", "bayes_exact", "gradmatch"} & set(a.names)

@@ -168,15 +168,18 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
                        space, prior_pred, sm, kappa, names)
 
 
-def attack_settings(ctx: AttackContext, views: list, mechs: list[dict],
-                    noisy_labels: np.ndarray | None, accounting: list[list[dict]],
-                    epochs: list[int], heavy_epochs: list[int]) -> list[dict]:
+def attack_settings(ctx: AttackContext, views: list, select: list[int],
+                    mechs: list[dict], noisy_labels: np.ndarray | None,
+                    accounting: list[list[dict]], epochs: list[int],
+                    heavy_epochs: list[int]) -> list[dict]:
   """Runs the configured attacks on a batch of settings trained together.
 
   Args:
     ctx: the prepared context.
-    views: per-epoch ServerViews with a leading [S] setting axis (at least
+    views: per-epoch ServerViews with a leading setting axis (at least
       max(epochs) of them).
+    select: the settings (indices into that axis) to attack; the following
+      arguments are per selected setting.
     mechs: per setting, its defence (clip_norm, noise_stddev, label_epsilon).
     noisy_labels: [S, N] the labels each device trained on, or None.
     accounting: per setting, the per-epoch rows of splitjax.accounting.report.
@@ -193,9 +196,9 @@ def attack_settings(ctx: AttackContext, views: list, mechs: list[dict],
   ex_res, ex_seconds = None, 0.0
   if {"exact", "bayes_exact"} & set(names):
     start = time.perf_counter()
-    stacked = jax.tree.map(lambda *a: jnp.stack(a, 1), *views[:last])  # [S, E, T, ...]
+    used = views[:last]
     if ex.max_steps:
-      stacked = jax.tree.map(lambda a: a[:, :, :ex.max_steps], stacked)
+      used = [jax.tree.map(lambda a: a[:, :ex.max_steps], v) for v in used]
     bayes = "bayes_exact" in names
     log_prior = None
     if bayes:
@@ -205,7 +208,7 @@ def attack_settings(ctx: AttackContext, views: list, mechs: list[dict],
                                                             schema.num_classes),
                    "uniform": None}[ctx.config.attack.bayes.prior]
     ex_res = exact.attack_settings(
-        ctx.model, ctx.space, stacked, n,
+        ctx.model, ctx.space, used, n, select=select,
         clip_norm=[m["clip_norm"] for m in mechs],
         noise_stddev=[m["noise_stddev"] for m in mechs], bayes=bayes,
         log_prior=log_prior, metric=ex.metric,
@@ -218,7 +221,7 @@ def attack_settings(ctx: AttackContext, views: list, mechs: list[dict],
     noisy = None if noisy_labels is None else noisy_labels[s]
     per_epoch, violations = {}, []
     for epoch in epochs:
-      view = jax.tree.map(lambda a: a[s], views[epoch - 1])
+      view = jax.tree.map(lambda a: a[select[s]], views[epoch - 1])
       per = _attack_one(ctx, view, mechs[s], noisy, ex_res, s, epoch,
                         epoch in heavy_epochs)
       if ex_res is not None:
@@ -346,7 +349,7 @@ def run(config, workdir: str) -> dict:
       config.train.num_epochs, on_epoch)
   noisy = (np.asarray(state.labels) if math.isfinite(config.defence.label_epsilon)
            else None)
-  [res] = attack_settings(ctx, views, [defence], noisy, [eps], epochs, epochs)
+  [res] = attack_settings(ctx, views, [0], [defence], noisy, [eps], epochs, epochs)
   for epoch in epochs:
     log_scores(res["epochs"][str(epoch)], epoch)
   results = {"epochs": res["epochs"], "history": [r[0] for r in history],

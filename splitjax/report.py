@@ -224,7 +224,7 @@ def _save(fig, path: str) -> None:
   os.close(fd)
   try:
     fig.savefig(tmp, dpi=120, bbox_inches="tight", metadata={"Software": None})
-    os.replace(tmp, path)
+    wd.publish(tmp, path)
   except BaseException:
     os.unlink(tmp)
     raise

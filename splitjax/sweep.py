@@ -32,7 +32,6 @@ import time
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -118,6 +117,37 @@ def batches(config, settings: list[Setting]) -> list[Batch]:
     for b, start in enumerate(range(0, len(runs), size)):
       out.append(Batch(f"group{g}-{k}-batch{b}", k, tuple(runs[start:start + size])))
   return out
+
+
+def view_bytes_per_run(config, spec: training.TrainSpec) -> int:
+  """Bytes of the server's views one run keeps for the attacks: ids, h and
+  messages of every record of every step, and the device params per step."""
+  _, device = jax.eval_shape(
+      lambda key: spec.model.init(key, spec.num_server_numeric), jax.random.key(0))
+  params = sum(x.size for x in jax.tree.leaves(device)) * 4
+  if spec.mode == "sl":
+    batch, copies = spec.batch_size, 1
+  else:
+    batch = spec.num_clients * spec.client_batch_size
+    copies = spec.num_clients if spec.knowledge == "white_box" else 1
+  per_step = batch * 4 * (2 * spec.model.server.cut_dim + 2) + copies * params
+  epochs = max(config.attack.epochs or (config.train.num_epochs,))
+  return spec.steps_per_epoch * per_step * epochs
+
+
+def check_view_memory(config, spec, batches: list[Batch]) -> None:
+  """Raises ConfigError when a batch's views would exceed sweep.max_view_gb."""
+  per_run = view_bytes_per_run(config, spec)
+  largest = max(len(b.runs) for b in batches)
+  limit = config.sweep.max_view_gb * 2**30
+  if largest * per_run > limit:
+    fit = max(1, int(limit // per_run))
+    raise ConfigError(
+        f"sweep.max_group_size: a batch of {largest} runs would hold "
+        f"~{largest * per_run / 2**30:.3g} GiB of server views "
+        f"({per_run / 2**20:,.3g} MiB per run), above sweep.max_view_gb="
+        f"{config.sweep.max_view_gb:g}; set sweep.max_group_size to at most {fit} "
+        "(or raise the limit on a machine with the memory)")
 
 
 def mechanism(config, setting: Setting) -> dict:
@@ -239,9 +269,6 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
   attacked = [i for i, r in enumerate(batch.runs) if r.setting.defence != "server_only"]
   last = max(config.attack.epochs or (config.train.num_epochs,))
   heavy = sorted(set(config.attack.epochs)) or [config.train.num_epochs]
-  idx = jnp.asarray(attacked, jnp.int32)
-  sub_views = [jax.tree.map(lambda a: a[idx], v) for v in views[:last]]
-  del views
   settings = [batch.runs[i].setting for i in attacked]
   mechs = [mechanism(config, s) for s in settings]
   accts = [_accounting(config, spec, s, acct_cache) for s in settings]
@@ -255,7 +282,7 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
   results = []
   if attacked:
     results = evaluation.attack_settings(dataclasses.replace(ctx, names=names),
-                                         sub_views, mechs, noisy, accts,
+                                         views[:last], attacked, mechs, noisy, accts,
                                          list(range(1, last + 1)), heavy)
   attack_seconds = time.perf_counter() - start
   progress.update(f"{prefix} attacks: {len(attacked)} runs, "
@@ -295,6 +322,7 @@ def run(config, workdir: str) -> list[dict]:
   dataset = data.load(config.data)
   model = models.make_model(dataset.schema, config.model)
   spec = training.make_spec(config, model, dataset.train)
+  check_view_memory(config, spec, plan)
   ctx = evaluation.prepare(config, dataset, model, spec)
   os.makedirs(os.path.join(workdir, "batches"), exist_ok=True)
   if not os.path.exists(os.path.join(workdir, "config.json")):

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from splitjax import accounting, configlib, data, defences, models, protocol
+from splitjax import accounting, configlib, data, defences, models, protocol, sharding
 from splitjax import workdir as wd
 from splitjax.data.schema import Arrays
 from splitjax.errors import ConfigError
@@ -398,9 +398,13 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
     The final stacked TrainState, a list (per epoch) of lists (per setting)
     of metrics dicts, and a list of per-epoch ServerViews (or Nones).
   """
+  num_settings = settings.seed.shape[0]
+  m = sharding.mesh()
+  if m is not None:  # The setting axis over every device (splitjax/sharding.py).
+    settings = sharding.shard_axis(sharding.pad_leading(settings, m.size), m, 0)
+    train_data, test_data = sharding.replicate((train_data, test_data), m)
   state = trainer.init(train_data.y, settings)
   history, views = [], []
-  num_settings = settings.seed.shape[0]
   for epoch in range(num_epochs):
     start = time.perf_counter()
     state, out = trainer.epoch(state, train_data, settings, np.int32(epoch))
@@ -412,6 +416,9 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
     views.append(out.view)
     if on_epoch is not None:
       on_epoch(epoch, rows, seconds)
+  if settings.seed.shape[0] != num_settings:  # Drop the padding copies.
+    trim = lambda t: jax.tree.map(lambda a: a[:num_settings], t)
+    state, views = trim(state), [trim(v) for v in views]
   return state, history, views
 
 

@@ -12,6 +12,8 @@ import os
 import subprocess
 import tempfile
 
+import jax
+
 from splitjax.errors import ConfigError
 
 
@@ -38,6 +40,18 @@ def refuse_finished(workdir: str, *names: str) -> None:
                         "another workdir (results are never overwritten)")
 
 
+def publish(tmp: str, path: str) -> None:
+  """Renames a finished temporary file into place, readable as a normal file
+  would be (mkstemp creates it 0600)."""
+  if jax.process_index() != 0:  # Multi-host: process 0 writes the results.
+    os.unlink(tmp)
+    return
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
+  os.replace(tmp, path)
+
+
 def write_text(path: str, text: str) -> None:
   """Writes `text` to `path` atomically (temporary file, then rename)."""
   folder = os.path.dirname(os.path.abspath(path))
@@ -46,7 +60,7 @@ def write_text(path: str, text: str) -> None:
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
-    os.replace(tmp, path)
+    publish(tmp, path)
   except BaseException:
     os.unlink(tmp)
     raise

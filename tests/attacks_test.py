@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from splitjax import data, evaluation, models, training
+from splitjax import data, evaluation, models, protocol, training
 from splitjax.attacks import baselines, exact, gradmatch, knowledge, label_only
 from splitjax.errors import ConfigError
 from conftest import REPO, small_config
@@ -199,6 +199,7 @@ def test_attack_modules_cannot_reach_training_or_data_loading():
   """The attacks see ServerView, ServerData (x_s only), AuxSample and the public
   mechanism: they import no training, no data loading and no Arrays."""
   allowed = {"splitjax.models", "splitjax.protocol", "splitjax.errors",
+             "splitjax.sharding",  # device placement only
              "splitjax.data.schema", "splitjax.attacks", "splitjax"}
   for path in glob.glob(os.path.join(REPO, "splitjax", "attacks", "*.py")):
     tree = ast.parse(open(path).read())
@@ -213,3 +214,50 @@ def test_attack_modules_cannot_reach_training_or_data_loading():
           assert {a.name for a in node.names} <= {"Schema"}, path
       if isinstance(node, ast.Import):
         assert not any(a.name.startswith("splitjax") for a in node.names)
+
+
+def _naive_scores(model, space, view, clip_norm):
+  """EXACT without any speed-up: every (candidate, label) through the whole
+  head, its message from jax.grad, clipped, and its L2 distance to the
+  observed message; [steps, batch, candidates x labels]."""
+  p_all = space.encode(space.digits(jnp.arange(space.size)))
+  labels = jnp.arange(space.num_labels)
+
+  def record(params, h, m):
+    def msg(p, y):
+      return jax.grad(lambda h_: protocol.record_loss(model, params, h_, p, y))(h)
+    msgs = jax.vmap(lambda p: jax.vmap(lambda y: msg(p, y))(labels))(p_all)
+    return exact.score(m, exact.clip(msgs, clip_norm), "l2").reshape(-1)
+
+  params = jax.tree.map(lambda a: a[:, 0], view.device_params)
+  return np.asarray(jax.vmap(jax.vmap(record, (None, 0, 0)), (0, 0, 0))(
+      params, view.h, view.messages))
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 0.05])
+def test_exact_speedups_return_the_naive_argmin(run, clip_norm, monkeypatch):
+  # Noisy messages on the first 4 steps; the written-out one-layer path and
+  # the generic Jacobian path must pick the naive argmin. Under clipping,
+  # candidates that share the head's ReLU pattern (and the label's sign) send
+  # the same clipped message: exact ties, which float rounding breaks either
+  # way. There the pick must be one of the tied minima.
+  ds, model, views = run
+  view = jax.tree.map(lambda a: a[:4], views[-1])
+  noise = 0.02 * jax.random.normal(jax.random.key(3), view.messages.shape)
+  view = view._replace(messages=view.messages + noise)
+  space = knowledge.candidate_space(ds.schema, ())
+  n = ds.train.num_examples
+  scores = _naive_scores(model, space, view, clip_norm).reshape(-1, space.size * 2)
+  best = scores.min(-1)
+  unique = np.sort(scores, -1)[:, 1] > best * (1 + 1e-4) + 1e-9
+  assert unique.mean() > (0.99 if clip_norm == 0 else 0.3)
+  ids = np.asarray(view.ids).ravel()
+  mech = knowledge.Mechanism(clip_norm, 0.02)
+  fast = exact.attack(model, space, mech, [view], n, chunk_candidates=4)
+  monkeypatch.setattr(exact, "_one_layer_binary", lambda model: False)
+  generic = exact.attack(model, space, mech, [view], n, chunk_candidates=3)
+  for r in (fast, generic):
+    index = (np.asarray(r.digits[ids]) @ np.array([space.radices[1], 1])) * 2 + r.label[ids]
+    np.testing.assert_array_equal(index[unique], scores.argmin(-1)[unique])
+    picked = scores[np.arange(len(ids)), index]
+    np.testing.assert_allclose(picked, best, rtol=1e-4, atol=1e-9)

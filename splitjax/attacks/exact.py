@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from splitjax import models
+from splitjax import models, sharding
 from splitjax.attacks.knowledge import CandidateSpace, Mechanism
 from splitjax.errors import ConfigError
 from splitjax.protocol import ServerView
@@ -186,12 +186,14 @@ def _step_scores(model, p, clip_norm, metric, num_labels, view_step):
 @functools.partial(jax.jit, static_argnames=("model", "space", "metric", "chunk",
                                               "num_records", "bayes", "block"),
                    donate_argnums=(0,))
-def _chunk(carry, start, views, clip_norm, scale, log_prior, *, model, space,
-           metric, chunk, num_records, bayes, block):
+def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
+           space, metric, chunk, num_records, bayes, block):
   """Folds one candidate chunk into every setting's and epoch's running best.
 
-  carry: (EXACT best, EXACT index, Bayes best, Bayes index, Bayes log-sum-exp),
-  each [S, E, N]; scores are maximised (EXACT's is minus the distance).
+  views: per-epoch ServerViews with a leading [all settings] axis; select [S]:
+  the settings to attack. carry: (EXACT best, EXACT index, Bayes best, Bayes
+  index, Bayes log-sum-exp), each [S, E, N]; scores are maximised (EXACT's is
+  minus the distance).
   """
   k = space.num_labels
   index = start + jnp.arange(chunk)
@@ -206,7 +208,7 @@ def _chunk(carry, start, views, clip_norm, scale, log_prior, *, model, space,
       prior = prior + table[:, digits[:, j]][:, :, None]
     prior = jnp.where(valid[None, :, None], prior, -jnp.inf)  # [N, C, K]
 
-  def one_setting(carry_s, view_s, clip_s, scale_s):
+  def one_setting(carry_s, setting, clip_s, scale_s):
     def step(state, vs):
       acc, best, arg = state
       l2, match = _step_scores(model, p, clip_s, metric, k, vs)
@@ -221,8 +223,13 @@ def _chunk(carry, start, views, clip_norm, scale, log_prior, *, model, space,
         acc = acc.at[vs.ids].add(l2)
       return (acc, best, arg), None
 
-    def epoch(acc, xs):
-      view_e, (eb, ea, bb, ba, bl) = xs
+    acc = jnp.zeros((num_records, chunk, k) if bayes else (), jnp.float32)
+    outs = []
+    # Epochs unrolled: each epoch's view stays where training left it (no
+    # stacked copy); this setting's slice is taken here.
+    for e, view in enumerate(views):
+      view_e = jax.tree.map(lambda a: a[setting], view)
+      eb, ea, bb, ba, bl = (c[e] for c in carry_s)
       (acc, eb, ea), _ = jax.lax.scan(step, (acc, eb, ea), view_e)
       if bayes:
         value = (prior - acc / (2.0 * scale_s ** 2)).reshape(num_records, -1)
@@ -231,16 +238,14 @@ def _chunk(carry, start, views, clip_norm, scale, log_prior, *, model, space,
         better = chunk_best > bb
         bb, ba = jnp.where(better, chunk_best, bb), jnp.where(better, chunk_arg, ba)
         bl = jnp.logaddexp(bl, jax.nn.logsumexp(value, axis=-1))
-      return acc, (eb, ea, bb, ba, bl)
-
-    acc = jnp.zeros((num_records, chunk, k) if bayes else (), jnp.float32)
-    return jax.lax.scan(epoch, acc, (view_s, carry_s))[1]
+      outs.append((eb, ea, bb, ba, bl))
+    return tuple(jnp.stack(x) for x in zip(*outs))
 
   # Settings go through in blocks of `block`, vmapped within a block, so the
   # buffers scale with the block and not with the whole group. A block of one
   # is a plain loop: vmap over a unit axis made XLA:CPU's dots and scatters
   # batched, and the step 5x slower.
-  return jax.lax.map(lambda xs: one_setting(*xs), (carry, views, clip_norm, scale),
+  return jax.lax.map(lambda xs: one_setting(*xs), (carry, select, clip_norm, scale),
                      batch_size=block if block > 1 else None)
 
 
@@ -285,13 +290,8 @@ def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
   return chunk, block
 
 
-def stack_views(views: list[ServerView]) -> ServerView:
-  """Stacks per-epoch views on a new leading epoch axis."""
-  return jax.tree.map(lambda *a: jnp.stack(a, 0), *views)
-
-
-def attack_settings(model, space: CandidateSpace, views: ServerView,
-                    num_records: int, *, clip_norm, noise_stddev,
+def attack_settings(model, space: CandidateSpace, views: list[ServerView],
+                    num_records: int, *, clip_norm, noise_stddev, select=None,
                     bayes: bool = True, log_prior=None, metric: str = "l2",
                     noiseless_scale: float = 1e-4, chunk_candidates: int = 4096,
                     chunk_mb: float = 48.0, max_chunk_mb: float = 1024.0,
@@ -301,10 +301,11 @@ def attack_settings(model, space: CandidateSpace, views: ServerView,
   Args:
     model: the split model (its architecture is public).
     space: the candidate space.
-    views: ServerViews with leading [settings, epochs] axes.
+    views: per-epoch ServerViews, each with a leading [settings] axis.
     num_records: training records (ids index 0..num_records-1).
-    clip_norm, noise_stddev: [S] the public message defence of each setting
-      (clip norm 0 = none).
+    clip_norm, noise_stddev: [S] the public message defence of each attacked
+      setting (clip norm 0 = none).
+    select: [S] which settings of `views` to attack (default: all).
     bayes: also run Bayesian EXACT.
     log_prior: (tuple of [N, V_j] per private categorical, [N, K] label)
       log-probabilities for Bayes, shared by the settings; None = uniform.
@@ -315,12 +316,14 @@ def attack_settings(model, space: CandidateSpace, views: ServerView,
   """
   if metric not in METRICS:
     raise ConfigError(f"attack.exact.metric: unknown {metric!r}; known: {list(METRICS)}")
-  if views.device_params is None:
+  views = list(views)
+  if any(v.device_params is None for v in views):
     raise ConfigError("EXACT needs the device model: view.knowledge must be "
                       "'white_box' or 'stale', not 'none'")
-  num_settings, num_epochs = views.ids.shape[:2]
+  select = np.arange(views[0].ids.shape[0]) if select is None else np.asarray(select)
+  num_settings, num_epochs = len(select), len(views)
   hidden = (model.head.hidden or (model.head.num_outputs,))[0]
-  batch = views.ids.shape[-1]
+  batch = views[0].ids.shape[-1]
   chunk, block = plan_chunk(space, num_settings, num_records, batch, hidden, bayes,
                             chunk_candidates, chunk_mb)
   check_memory(space, num_records, batch, hidden, chunk, max_chunk_mb,
@@ -331,6 +334,14 @@ def attack_settings(model, space: CandidateSpace, views: ServerView,
   noise = np.asarray(noise_stddev, np.float32)
   scale = jnp.asarray(np.where(noise > 0, noise, noiseless_scale), jnp.float32)
   clip_norm = jnp.asarray(clip_norm, jnp.float32)
+  m = sharding.mesh()
+  if m is not None and batch % m.size == 0:
+    # Each step's records over every device; the params they share replicated.
+    def spread(v):
+      per_record = sharding.shard_axis((v.ids, v.h, v.messages, v.param_index), m, 2)
+      shared = sharding.replicate((v.step, v.epoch, v.device_params), m)
+      return ServerView(*per_record[:3], shared[0], shared[1], per_record[3], shared[2])
+    views = [spread(v) for v in views]
   shape = (num_settings, num_epochs, num_records)
   carry = (jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32),
            jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32),
@@ -338,23 +349,24 @@ def attack_settings(model, space: CandidateSpace, views: ServerView,
   num_chunks = math.ceil(space.size / chunk)
   start = last_log = time.perf_counter()
   for i in range(num_chunks):
-    carry = _chunk(carry, jnp.int32(i * chunk), views, clip_norm, scale,
+    carry = _chunk(carry, jnp.int32(i * chunk), tuple(views),
+                   jnp.asarray(select, jnp.int32), clip_norm, scale,
                    log_prior if bayes else None, model=model, space=space,
                    metric=metric, chunk=chunk, num_records=num_records, bayes=bayes,
                    block=block)
+    jax.block_until_ready(carry)  # Dispatch is asynchronous; time real work.
     if time.perf_counter() - last_log > 15 and i + 1 < num_chunks:
-      jax.block_until_ready(carry)
       now = time.perf_counter()
       last_log = now
       logging.info("EXACT%s: %d/%d candidate chunks of %d (%d settings x %d epochs), "
                    "ETA %.0f s", " + Bayes" if bayes else "", i + 1, num_chunks, chunk,
                    num_settings, num_epochs, (now - start) / (i + 1) * (num_chunks - i - 1))
   ex_best, ex_arg, b_best, b_arg, b_lse = jax.device_get(carry)
-  ids = np.asarray(views.ids).reshape(num_settings, num_epochs, -1)
   released = np.zeros(shape, bool)
-  for s in range(num_settings):
-    for e in range(num_epochs):
-      released[s, e, ids[s, e]] = True
+  for e, v in enumerate(views):
+    ids = np.asarray(v.ids).reshape(v.ids.shape[0], -1)
+    for s, setting in enumerate(select):
+      released[s, e, ids[setting]] = True
 
   def unpack(index):
     digits = np.asarray(space.digits(jnp.asarray(index.ravel() // space.num_labels)))
@@ -381,8 +393,9 @@ def attack(model, space: CandidateSpace, mech: Mechanism, views: list[ServerView
            max_chunk_mb: float = 1024, max_candidates: int = 2_000_000) -> ExactResult:
   """EXACT on the last of `views`, or Bayesian EXACT on all of them, for one
   setting (views without a setting axis, one per epoch)."""
-  stacked = jax.tree.map(lambda a: a[None], stack_views(views))
-  r = attack_settings(model, space, stacked, num_records,
+  views = views if bayes else views[-1:]
+  r = attack_settings(model, space, [jax.tree.map(lambda a: a[None], v) for v in views],
+                      num_records,
                       clip_norm=[mech.clip_norm], noise_stddev=[mech.noise_stddev],
                       bayes=bayes, log_prior=log_prior, metric=metric,
                       noiseless_scale=noiseless_scale,
