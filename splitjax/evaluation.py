@@ -12,7 +12,7 @@ import dataclasses
 import math
 import os
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -196,7 +196,10 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
   ex_res, ex_seconds = None, 0.0
   if {"exact", "bayes_exact"} & set(names):
     start = time.perf_counter()
-    used = views[:last]
+    # Bayes needs every release up to the last epoch; EXACT alone only the
+    # epochs it reports.
+    ex_epochs = list(range(1, last + 1)) if "bayes_exact" in names else sorted(epochs)
+    used = [views[e - 1] for e in ex_epochs]
     if ex.max_steps:
       used = [jax.tree.map(lambda a: a[:, :ex.max_steps], v) for v in used]
     bayes = "bayes_exact" in names
@@ -207,14 +210,14 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
                    "marginal": baselines.marginal_log_probs(ctx.aux, n, vocab,
                                                             schema.num_classes),
                    "uniform": None}[ctx.config.attack.bayes.prior]
-    ex_res = exact.attack_settings(
+    ex_res = _ByEpoch(ex_epochs, exact.attack_settings(
         ctx.model, ctx.space, used, n, select=select,
         clip_norm=[m["clip_norm"] for m in mechs],
         noise_stddev=[m["noise_stddev"] for m in mechs], bayes=bayes,
         log_prior=log_prior, metric=ex.metric,
         noiseless_scale=ctx.config.attack.bayes.noiseless_scale,
         chunk_candidates=ex.chunk_candidates, chunk_mb=ex.chunk_mb,
-        max_chunk_mb=ex.max_chunk_mb, max_candidates=ex.max_candidates)
+        max_chunk_mb=ex.max_chunk_mb, max_candidates=ex.max_candidates))
     ex_seconds = (time.perf_counter() - start) / num_settings
   out = []
   for s in range(num_settings):
@@ -236,6 +239,18 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
       per_epoch[str(epoch)] = per
     out.append({"epochs": per_epoch, "violations": violations})
   return out
+
+
+class _ByEpoch(NamedTuple):
+  """An exact.SettingsResult looked up by 1-based epoch."""
+  epochs: list[int]
+  result: exact.SettingsResult
+
+  def exact(self, s: int, epoch: int):
+    return self.result.exact(s, self.epochs.index(epoch))
+
+  def bayes(self, s: int, epoch: int):
+    return self.result.bayes(s, self.epochs.index(epoch))
 
 
 def _targets_seen(ctx, view):
@@ -272,11 +287,11 @@ def _attack_one(ctx, view, mech, noisy, ex_res, s, epoch, heavy) -> dict:
     sm = ctx.server_model
     per["server_model"] = score(*args, sm.cat, sm.num, sm.label, prior_scores)
   if "exact" in names:
-    r = ex_res.exact(s, epoch - 1)
+    r = ex_res.exact(s, epoch)
     per["exact"] = score(schema, truth, noisy, mask & r.seen,
                          *_split(ctx.space, r, schema), r.label, prior_scores)
   if "bayes_exact" in names:
-    r = ex_res.bayes(s, epoch - 1)
+    r = ex_res.bayes(s, epoch)
     per["bayes_exact"] = score(schema, truth, noisy, mask & r.seen,
                                *_split(ctx.space, r, schema), r.label, prior_scores,
                                posterior=r.posterior)
