@@ -9,7 +9,10 @@ ratio to a straightforward reference in the same process (a Python loop over
 records, steps or settings calling a jitted function). A PyTorch reference is
 not implemented yet: torch is not a dependency, and no machine with it was
 available to test one. Writes <out_dir>/<device>.md and .json, where <device>
-is e.g. cpu-x86_64-2cores or the GPU's kind.
+is e.g. cpu-x86_64-2cores or the GPU's kind. On a CPU,
+XLA_FLAGS=--xla_force_host_platform_device_count=<cores> makes one JAX device
+per core, and the sweep's settings and EXACT's records spread over them
+(<device> then ends in -<n>devices).
 """
 
 import json
@@ -31,7 +34,8 @@ _TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "TFDS cache (default ~/tensorf
 def device_name() -> str:
   d = jax.devices()[0]
   if d.platform == "cpu":
-    return f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+    name = f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+    return name + (f"-{jax.device_count()}devices" if jax.device_count() > 1 else "")
   return d.device_kind.lower().replace(" ", "-")
 
 
@@ -95,8 +99,10 @@ def main(argv):
                      reference_seconds=loop, ratio=loop / batched))
   out["workloads"] = rows
 
+  flags_env = os.environ.get("XLA_FLAGS", "")
   lines = [f"# Benchmarks: {out['device']}", "",
-           f"Command: `python -m benchmarks.run --repeats={r}"
+           f"Command: `{'XLA_FLAGS=' + flags_env + ' ' if flags_env else ''}"
+           f"python -m benchmarks.run --repeats={r}"
            + (f" --only={','.join(_ONLY.value)}`" if len(_ONLY.value) < 4 else "`") + "  ",
            f"jax {out['jax']}, {out['local_devices']} device(s); commit {out['commit']}  ",
            f"Measured in the same run: fp32 matmul {peak / 1e9:.1f} GFLOP/s (2048^2), "

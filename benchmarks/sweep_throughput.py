@@ -12,6 +12,7 @@ times. Reports the median wall time of each, the ratio (b)/(a), and the
 largest difference between the two drivers' test AUCs.
 """
 
+import os
 import platform
 
 import jax
@@ -34,7 +35,8 @@ def main(argv):
   text = "\n".join([
       "# Sweep throughput: one vmapped group vs one setting at a time",
       "",
-      f"Command: `python -m benchmarks.sweep_throughput --repeats={_REPEATS.value}`  ",
+      f"Command: `{'XLA_FLAGS=' + os.environ['XLA_FLAGS'] + ' ' if os.environ.get('XLA_FLAGS') else ''}"
+      f"python -m benchmarks.sweep_throughput --repeats={_REPEATS.value}`  ",
       f"Machine: {device.platform} {getattr(device, 'device_kind', '')}, "
       f"{platform.machine()}, {jax.local_device_count()} device(s), jax "
       f"{jax.__version__}; commit {workdir.git_commit()}  ",

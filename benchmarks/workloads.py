@@ -10,7 +10,8 @@ these. Every timing is the median of `repeats` runs after one warm-up run
   a captured epoch).
 - W2 training: SL on Adult's 32,561 training rows, batch 256, server tower
   [256, 256] -> cut 64, device head as W1, cut-layer clip + noise, 1 epoch.
-- W3 sweep: 16 settings (sigma 0.5, 1, 2, 4 x seeds 0-3) of W2, vmapped.
+- W3 sweep: 16 settings (sigma 0.5, 1, 2, 4 x seeds 0-3) of W2, vmapped (and
+  sharded over the devices when there are several, as sweeps are).
 - W4 optimiser: gradient matching on 1,024 records x 8 restarts x 500 Adam
   steps, Adult with age and hours-per-week private (plus sex and race).
 """
@@ -213,9 +214,12 @@ def w3_rows():
 
 
 def _group(trainer, train, test, settings):
+  num = settings.seed.shape[0]
+  if num > 1:  # A group spreads over every device, as in training.train.
+    settings, train, test = training.distribute(settings, train, test)
   state = trainer.init(train.y, settings)
   state, _ = trainer.epoch(state, train, settings, np.int32(0))
-  return trainer.evaluate(state, test, settings)["test_auc"]
+  return trainer.evaluate(state, test, settings)["test_auc"][:num]
 
 
 def w3(spec, ds, repeats):

@@ -382,6 +382,17 @@ def metrics_row(losses, evals, index: int) -> dict[str, float]:
   return row
 
 
+def distribute(settings: Setting, *data):
+  """With several devices, the setting axis sharded over all of them (padded
+  with copies of the last setting to a multiple of the device count) and the
+  data replicated (splitjax/sharding.py); unchanged on one device."""
+  m = sharding.mesh()
+  if m is None:
+    return (settings, *data)
+  settings = sharding.shard_axis(sharding.pad_leading(settings, m.size), m, 0)
+  return (settings, *sharding.replicate(data, m))
+
+
 def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
           settings: Setting, num_epochs: int, on_epoch=None):
   """Trains every setting for num_epochs; returns (state, history, views).
@@ -399,10 +410,7 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
     of metrics dicts, and a list of per-epoch ServerViews (or Nones).
   """
   num_settings = settings.seed.shape[0]
-  m = sharding.mesh()
-  if m is not None:  # The setting axis over every device (splitjax/sharding.py).
-    settings = sharding.shard_axis(sharding.pad_leading(settings, m.size), m, 0)
-    train_data, test_data = sharding.replicate((train_data, test_data), m)
+  settings, train_data, test_data = distribute(settings, train_data, test_data)
   state = trainer.init(train_data.y, settings)
   history, views = [], []
   for epoch in range(num_epochs):
