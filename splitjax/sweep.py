@@ -219,6 +219,8 @@ class Progress:
   def update(self, line: str, units: float = 0.0, runs: int = 0):
     self.units_done += units
     self.runs_done += runs
+    if self.tty:  # Clear the bar so the log line starts on a clean line.
+      sys.stderr.write("\r\033[K")
     logging.info("%s | runs done %d/%d, ETA %s", line, self.runs_done,
                  self.num_runs, self.eta())
     if self.tty:
