@@ -95,7 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.aux_fraction = 0.1
   c.attack.aux_seed = 0
   c.attack.exact = ml_collections.ConfigDict(dict(
-      metric="l2", chunk_candidates=4096, chunk_mb=48.0,
+      metric="l2", chunk_candidates=4096, chunk_mb=16.0,
       max_candidates=2_000_000, max_chunk_mb=1024.0, numeric_grids=(),
       max_steps=0))
   c.attack.bayes = ml_collections.ConfigDict(dict(
