@@ -193,6 +193,21 @@ def _check_workdir(workdir: str, config, provenance: dict) -> None:
         "(results are never overwritten)")
 
 
+def _read_batch(path: str, batch: Batch) -> dict:
+  """A finished batch file, checked against the batch it should hold."""
+  try:
+    with open(path) as f:
+      held = json.load(f)
+    keys = [r["run"] for r in held["runs"]]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"--workdir: {path} is unreadable ({e}); delete it to "
+                      "recompute that batch") from None
+  if keys != [r.key for r in batch.runs]:
+    raise ConfigError(f"--workdir: {path} holds runs {keys}, not this config's "
+                      f"{[r.key for r in batch.runs]}; delete it to recompute that batch")
+  return held
+
+
 class Progress:
   """Progress lines (absl logging) with runs done, ETA and examples/s, and a
   bar on stderr when it is a terminal."""
@@ -357,8 +372,7 @@ def run(config, workdir: str) -> list[dict]:
                   {"batch": b.id, "runs": records, **meta})
   all_records, commits = [], []
   for b in plan:
-    with open(os.path.join(workdir, "batches", b.id + ".json")) as f:
-      held = json.load(f)
+    held = _read_batch(os.path.join(workdir, "batches", b.id + ".json"), b)
     all_records += held["runs"]
     commits.append(held["git_commit"])
   rows = report.write(workdir, config, dataset.schema, settings, all_records,

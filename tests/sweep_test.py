@@ -78,6 +78,15 @@ def test_kill_and_resume_ends_with_the_uninterrupted_table(tmp_path):
   assert (json.loads((killed / "privacy_utility.json").read_text())
           == json.loads((straight / "privacy_utility.json").read_text()))
 
+  # A damaged batch file is named, not trusted.
+  broken = tmp_path / "broken"
+  import shutil
+  shutil.copytree(killed, broken)
+  (broken / "privacy_utility.csv").unlink()
+  (broken / "batches" / finished[0]).write_text("{not json")
+  with pytest.raises(ConfigError, match=f"batches/{finished[0]} is unreadable"):
+    sweep.run(_cli_config(), str(broken))
+
   # A finished sweep is left alone; another config is refused.
   table = (straight / "privacy_utility.csv").read_bytes()
   sweep.run(_cli_config(), str(straight))
