@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from splitjax import models
+from splitjax import models, sharding
 from splitjax.attacks import exact
 from splitjax.attacks.knowledge import AuxSample, Mechanism
 from splitjax.protocol import ServerView
@@ -153,10 +153,15 @@ def attack(model, schema, mech: Mechanism, view: ServerView, aux: AuxSample,
   pidx = np.asarray(flat(view.param_index))[:total]
   h, m = flat(view.h)[:total], flat(view.messages)[:total]
   outs = []
+  mesh = sharding.mesh()
   for start in range(0, total, batch_records):
     sl = slice(start, min(start + batch_records, total))
     params = jax.tree.map(lambda a: a[step_of[sl], pidx[sl]], view.device_params)
-    outs.append(_run(params, h[sl], m[sl], lo, hi,
+    hs, ms = h[sl], m[sl]
+    if mesh is not None and hs.shape[0] % mesh.size == 0:
+      # The records of the batch over every device (splitjax/sharding.py).
+      params, hs, ms = sharding.shard_axis((params, hs, ms), mesh, 0)
+    outs.append(_run(params, hs, ms, lo, hi,
                      jax.random.fold_in(jax.random.key(seed), start),
                      model=model, mech=mech, vocab=vocab,
                      num_labels=schema.num_classes, num_steps=num_steps,
