@@ -225,14 +225,14 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
     per_epoch, violations = {}, []
     for epoch in epochs:
       view = jax.tree.map(lambda a: a[select[s]], views[epoch - 1])
-      per = _attack_one(ctx, view, mechs[s], noisy, ex_res, s, epoch,
+      mask = _targets_seen(ctx, view)
+      per = _attack_one(ctx, view, mask, mechs[s], noisy, ex_res, s, epoch,
                         epoch in heavy_epochs)
       if ex_res is not None:
         for name in ("exact", "bayes_exact"):
           if name in per:
             per[name]["seconds_per_setting_all_epochs"] = ex_seconds
-      mask_seen = _targets_seen(ctx, view)
-      caps = audit.ceilings({k: v[mask_seen] for k, v in ctx.kappa.items()},
+      caps = audit.ceilings({k: v[mask] for k, v in ctx.kappa.items()},
                             accounting[s][epoch - 1]["mu_gdp"], mechs[s]["label_epsilon"])
       violations += _audit(per, caps, epoch)
       per["ceilings"] = caps
@@ -273,10 +273,10 @@ def _audit(per: dict, caps: dict, epoch: int) -> list[str]:
   return violations
 
 
-def _attack_one(ctx, view, mech, noisy, ex_res, s, epoch, heavy) -> dict:
-  """Every configured attack on one setting's view of one epoch, scored."""
+def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy) -> dict:
+  """Every configured attack on one setting's view of one epoch, scored on
+  `mask` (the target records the view released)."""
   names, schema, truth, n = ctx.names, ctx.schema, ctx.truth, ctx.num_records
-  mask = _targets_seen(ctx, view)
   args = (schema, truth, noisy, mask)
   per = {}
   p = ctx.prior_pred

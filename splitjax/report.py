@@ -110,7 +110,6 @@ def aggregate(config, schema, settings, records: list[dict], provenance: dict
     final = recs[0]["accounting"][-1]
     for m in ACCOUNTING:
       row[m] = final[m]
-    violations = 0
     for t in targets(schema):
       for a in names:
         values = [_attack_value(_entry(r["attacks"].get(epoch, {}), a, t))[0]
@@ -121,8 +120,7 @@ def aggregate(config, schema, settings, records: list[dict], provenance: dict
       caps = [r["attacks"].get(epoch, {}).get("ceilings", {}).get(t) for r in recs]
       if any(c is not None for c in caps):
         row[f"ceiling/{t}"] = float(np.mean([c for c in caps if c is not None]))
-    violations = sum(len(r["audit_violations"]) for r in recs)
-    row["audit_violations"] = violations
+    row["audit_violations"] = sum(len(r["audit_violations"]) for r in recs)
     row["config_hash"] = provenance["config_hash"]
     row["git_commit"] = provenance["git_commit"]
     row["per_seed"] = per_seed

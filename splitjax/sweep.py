@@ -212,8 +212,8 @@ class Progress:
   """Progress lines (absl logging) with runs done, ETA and examples/s, and a
   bar on stderr when it is a terminal."""
 
-  def __init__(self, num_batches: int, num_runs: int, num_epochs: int):
-    self.num_batches, self.num_runs, self.num_epochs = num_batches, num_runs, num_epochs
+  def __init__(self, num_runs: int, num_epochs: int):
+    self.num_runs, self.num_epochs = num_runs, num_epochs
     self.start = time.perf_counter()
     self.units_done = 0.0
     self.units_total = 0.0
@@ -353,7 +353,7 @@ def run(config, workdir: str) -> list[dict]:
                len(settings), len(config.sweep.seeds), num_runs, len(plan),
                dataset.train.num_examples, dataset.test.num_examples,
                [f.name for f in dataset.schema.private])
-  progress = Progress(len(plan), num_runs, config.train.num_epochs)
+  progress = Progress(num_runs, config.train.num_epochs)
   done = {b.id for b in plan
           if os.path.exists(os.path.join(workdir, "batches", b.id + ".json"))}
   progress.runs_done = sum(len(b.runs) for b in plan if b.id in done)
