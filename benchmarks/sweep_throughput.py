@@ -28,7 +28,7 @@ _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
 def main(argv):
   del argv
   _, ds, _, spec = w.w2_setup()
-  vmapped, sequential, diff = w.w3(spec, ds, _REPEATS.value)
+  vmapped, sequential, diff, _ = w.w3(spec, ds, _REPEATS.value)
   n = len(w.w3_rows())
   examples = spec.examples_per_epoch * n
   device = jax.devices()[0]

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import platform
 import statistics
 import time
 
@@ -66,8 +68,23 @@ def row(seed=0, sigma=0.0, clip=0.0):
 # --- Machine ---------------------------------------------------------------
 
 
-def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
-  """fp32 FLOP/s of one large jnp matmul."""
+def device_name() -> str:
+  """e.g. cpu-x86_64-2cores[-2devices], or the accelerator's kind."""
+  d = jax.devices()[0]
+  if d.platform == "cpu":
+    name = f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+    return name + (f"-{jax.device_count()}devices" if jax.device_count() > 1 else "")
+  return d.device_kind.lower().replace(" ", "-")
+
+
+def matmul_size() -> int:
+  """2048 on a CPU; 8192 on an accelerator, where 2048 does not fill it."""
+  return 2048 if jax.devices()[0].platform == "cpu" else 8192
+
+
+def matmul_rate(repeats: int = 10) -> float:
+  """fp32 FLOP/s of one large jnp matmul (default precision)."""
+  n = matmul_size()
   a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
   f = jax.jit(lambda x: x @ x)
   seconds, _ = timed(lambda: f(a), repeats)
@@ -110,8 +127,25 @@ def w1_flops_per_combination(model) -> float:
 
 
 def w1_batched(model, space, view, n, repeats):
+  """(median seconds, ExactResult)."""
   mech = knowledge.Mechanism(0.0, 0.0)
-  return timed(lambda: exact.attack(model, space, mech, [view], n).digits, repeats)[0]
+  return timed(lambda: exact.attack(model, space, mech, [view], n), repeats)
+
+
+def all_candidates(space) -> np.ndarray:
+  """[C, P] the head input of every private combination, in index order."""
+  return np.asarray(space.encode(space.digits(jnp.arange(space.size))))
+
+
+def w1_agreement(space, view, result, index) -> float:
+  """Fraction of the view's records whose (combination * labels + label)
+  from `result` (an ExactResult) equals `index` [steps * B]."""
+  ids = np.asarray(view.ids).reshape(-1)
+  combo = np.zeros(ids.shape, np.int64)
+  for j, radix in enumerate(space.radices):
+    combo = combo * radix + result.digits[ids, j]
+  ours = combo * space.num_labels + result.label[ids]
+  return float(np.mean(ours == np.asarray(index)))
 
 
 def naive_record_fn(model, space):
@@ -223,7 +257,7 @@ def _group(trainer, train, test, settings):
 
 
 def w3(spec, ds, repeats):
-  """(vmapped seconds, sequential seconds, max |AUC difference|)."""
+  """(vmapped seconds, sequential seconds, max |AUC difference|, vmapped AUCs)."""
   trainer = training.Trainer(spec)
   train, test = jax.device_put(ds.train), jax.device_put(ds.test)
   rows = w3_rows()
@@ -232,7 +266,8 @@ def w3(spec, ds, repeats):
   vmapped, auc_v = timed(lambda: _group(trainer, train, test, group), repeats)
   sequential, auc_s = timed(
       lambda: jnp.concatenate([_group(trainer, train, test, s) for s in singles]), repeats)
-  return vmapped, sequential, float(jnp.max(jnp.abs(auc_v - auc_s)))
+  return (vmapped, sequential, float(jnp.max(jnp.abs(auc_v - auc_s))),
+          np.asarray(auc_v))
 
 
 # --- W4 optimiser ----------------------------------------------------------
@@ -261,11 +296,18 @@ def w4_flops_per_iteration(model, schema) -> float:
   return 6 * (p * h + h * d)
 
 
+def w4_box(aux):
+  """The numeric box (lo, hi) the optimiser searches: the auxiliary range."""
+  return gradmatch.numeric_box(aux)
+
+
 def w4_batched(model, ds, view, aux, repeats, records: int = 1024):
+  """(median seconds, median best exact matching loss over the records)."""
   mech = knowledge.Mechanism(0.0, 0.0)
-  return timed(lambda: gradmatch.attack(model, ds.schema, mech, view, aux,
-                                        ds.train.num_examples, max_records=records,
-                                        **W4_KW).loss, repeats)[0]
+  seconds, loss = timed(lambda: gradmatch.attack(
+      model, ds.schema, mech, view, aux, ds.train.num_examples, max_records=records,
+      **W4_KW).loss, repeats)
+  return seconds, float(np.nanmedian(loss))
 
 
 def w4_loop(model, ds, view, aux, repeats, records: int = 1024, timed_records: int = 8):

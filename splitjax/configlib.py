@@ -95,7 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.aux_fraction = 0.1
   c.attack.aux_seed = 0
   c.attack.exact = ml_collections.ConfigDict(dict(
-      metric="l2", chunk_candidates=4096, chunk_mb=16.0,
+      # chunk_mb 0: the device's default (16 MiB on CPU, 512 on GPU/TPU).
+      metric="l2", chunk_candidates=4096, chunk_mb=0.0,
       max_candidates=2_000_000, max_chunk_mb=1024.0, numeric_grids=(),
       max_steps=0))
   c.attack.bayes = ml_collections.ConfigDict(dict(
@@ -211,8 +212,8 @@ def check(config: ml_collections.ConfigDict) -> None:
         f"must be in (0, 1), got {a.aux_fraction}")
   _need(a.exact.chunk_candidates > 0, "attack.exact.chunk_candidates",
         f"must be positive, got {a.exact.chunk_candidates}")
-  _need(a.exact.chunk_mb > 0, "attack.exact.chunk_mb",
-        f"must be positive, got {a.exact.chunk_mb}")
+  _need(a.exact.chunk_mb >= 0, "attack.exact.chunk_mb",
+        f"must be >= 0 (0 = the device's default), got {a.exact.chunk_mb}")
   _need(a.bayes.prior in BAYES_PRIORS, "attack.bayes.prior",
         f"unknown {a.bayes.prior!r}; known: {list(BAYES_PRIORS)}")
   _need(a.gradmatch.num_restarts > 0 and a.gradmatch.num_steps > 0,

@@ -274,6 +274,14 @@ def check_memory(space: CandidateSpace, num_records: int, batch: int,
         f"attack.exact.max_chunk_mb={max_chunk_mb:,.0f}; lower the chunk")
 
 
+def default_chunk_mb() -> float:
+  """The per-step buffer target when none is given: 16 MiB on a CPU (buffers
+  re-touched every step stay in cache; ~100 MiB ran 1.7x slower), 512 MiB on
+  an accelerator, where larger steps mean fewer, fuller kernels
+  (benchmarks/exact_chunks.py measures both)."""
+  return 16.0 if jax.devices()[0].platform == "cpu" else 512.0
+
+
 def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
                batch: int, hidden: int, bayes: bool, chunk_candidates: int,
                chunk_mb: float, max_chunk_mb: float = 1024.0) -> tuple[int, int]:
@@ -297,7 +305,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
                     num_records: int, *, clip_norm, noise_stddev, select=None,
                     bayes: bool = True, log_prior=None, metric: str = "l2",
                     noiseless_scale: float = 1e-4, chunk_candidates: int = 4096,
-                    chunk_mb: float = 16.0, max_chunk_mb: float = 1024.0,
+                    chunk_mb: float = 0.0, max_chunk_mb: float = 1024.0,
                     max_candidates: int = 2_000_000) -> SettingsResult:
   """EXACT and (if `bayes`) Bayesian EXACT after every epoch, every setting.
 
@@ -314,7 +322,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
       log-probabilities for Bayes, shared by the settings; None = uniform.
     metric: EXACT's 'l2' or 'cosine' (Bayes uses the Gaussian L2).
     noiseless_scale: the likelihood's scale when a setting adds no noise.
-    chunk_candidates, chunk_mb: the chunk size cap and its buffer target.
+    chunk_candidates, chunk_mb: the chunk size cap and its buffer target
+      (0 = default_chunk_mb() for the device).
     max_chunk_mb, max_candidates: hard limits (ConfigError beyond).
   """
   if metric not in METRICS:
@@ -327,6 +336,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   num_settings, num_epochs = len(select), len(views)
   hidden = (model.head.hidden or (model.head.num_outputs,))[0]
   batch = views[0].ids.shape[-1]
+  chunk_mb = chunk_mb or default_chunk_mb()
   chunk, block = plan_chunk(space, num_settings, num_records, batch, hidden, bayes,
                             chunk_candidates, chunk_mb, max_chunk_mb)
   check_memory(space, num_records, batch, hidden, chunk, max_chunk_mb,
@@ -392,7 +402,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
 def attack(model, space: CandidateSpace, mech: Mechanism, views: list[ServerView],
            num_records: int, *, metric: str = "l2", bayes: bool = False,
            log_prior=None, noiseless_scale: float = 1e-4,
-           chunk_candidates: int = 4096, chunk_mb: float = 16.0,
+           chunk_candidates: int = 4096, chunk_mb: float = 0.0,
            max_chunk_mb: float = 1024, max_candidates: int = 2_000_000) -> ExactResult:
   """EXACT on the last of `views`, or Bayesian EXACT on all of them, for one
   setting (views without a setting axis, one per epoch)."""

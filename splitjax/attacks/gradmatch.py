@@ -136,15 +136,21 @@ def _run(params, h, m, lo, hi, key, *, model, mech, vocab, num_labels, num_steps
   return take(loss), take(cats), take(x), take(label)
 
 
+def numeric_box(aux: AuxSample) -> tuple[jax.Array, jax.Array]:
+  """(lo, hi) per private numeric: the auxiliary sample's range."""
+  x_num = np.asarray(aux.x_p_num)
+  lo = x_num.min(0) if x_num.shape[1] else np.zeros(0)
+  hi = x_num.max(0) if x_num.shape[1] else np.zeros(0)
+  return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
+
+
 def attack(model, schema, mech: Mechanism, view: ServerView, aux: AuxSample,
            num_records: int, *, num_restarts: int, num_steps: int,
            learning_rate: float, max_records: int, hybrid: bool, beta_start: float,
            beta_end: float, seed: int, batch_records: int = 256) -> GradMatchResult:
   """Attacks the first `max_records` releases of `view` (one epoch)."""
   vocab = tuple(f.vocab_size for f in schema.private_categorical)
-  x_num = np.asarray(aux.x_p_num)
-  lo = jnp.asarray(x_num.min(0) if x_num.shape[1] else np.zeros(0), jnp.float32)
-  hi = jnp.asarray(x_num.max(0) if x_num.shape[1] else np.zeros(0), jnp.float32)
+  lo, hi = numeric_box(aux)
   steps, b = view.ids.shape
   flat = lambda a: a.reshape((steps * b,) + a.shape[2:])
   total = min(max_records or steps * b, steps * b)
