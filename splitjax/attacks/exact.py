@@ -381,10 +381,12 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
     for s, setting in enumerate(select):
       released[s, e, ids[setting]] = True
 
-  def unpack(index):
-    digits = np.asarray(space.digits(jnp.asarray(index.ravel() // space.num_labels)))
-    return (digits.reshape(shape + (-1,)).astype(np.int32),
-            (index % space.num_labels).astype(np.int32))
+  def unpack(index):  # On the host: a few numpy ops, no device round trips.
+    combo = index // space.num_labels
+    digits = np.zeros(shape + (len(space.radices),), np.int32)
+    for j in reversed(range(len(space.radices))):
+      combo, digits[..., j] = np.divmod(combo, space.radices[j])
+    return digits, (index % space.num_labels).astype(np.int32)
 
   ex_digits, ex_label = unpack(ex_arg)
   if bayes:
