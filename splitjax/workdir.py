@@ -20,9 +20,11 @@ from splitjax.errors import ConfigError
 def git_commit() -> str:
   """The commit of the splitjax checkout, with '-dirty' for local changes.
 
-  A copy without .git (e.g. a tree shipped to another machine) reports
-  $SPLITJAX_GIT_COMMIT when set, else 'unknown'.
+  $SPLITJAX_GIT_COMMIT, when set, overrides it: for a tree copied to another
+  machine without (or with a stale) .git. Without either: 'unknown'.
   """
+  if os.environ.get("SPLITJAX_GIT_COMMIT"):
+    return os.environ["SPLITJAX_GIT_COMMIT"]
   here = os.path.dirname(os.path.abspath(__file__))
   try:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, check=True,
@@ -31,7 +33,7 @@ def git_commit() -> str:
                            cwd=here, check=True, capture_output=True,
                            text=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
-    return os.environ.get("SPLITJAX_GIT_COMMIT", "unknown")
+    return "unknown"
   return commit + ("-dirty" if dirty else "")
 
 
