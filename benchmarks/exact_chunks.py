@@ -23,8 +23,6 @@ from splitjax.attacks import exact, knowledge
 _CHUNK_MB = flags.DEFINE_list("chunk_mb", ["4", "16", "64", "256", "1024"],
                               "Per-step buffer targets to time, MiB.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per value.")
-_UNROLL = flags.DEFINE_integer("unroll", 0, "Steps per scan iteration (0 = the device's "
-                               "default).")
 _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
 
 
@@ -37,13 +35,11 @@ def main(argv):
   hidden, batch = model.head.hidden[0], view.ids.shape[-1]
   views = (jax.tree.map(lambda a: a[None], view),)
   select, zero = jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.float32)
-  unroll = min(_UNROLL.value or exact.default_unroll(), view.ids.shape[0])
   rows = []
   for mb in (float(x) for x in _CHUNK_MB.value):
     chunk, block = exact.plan_chunk(space, 1, n, batch, hidden, False, 4096, mb)
     num_chunks = -(-space.size // chunk)
-    seconds, _ = w.timed(lambda mb=mb: exact.attack(model, space, mech, [view], n, chunk_mb=mb,
-                                                         unroll=unroll),
+    seconds, _ = w.timed(lambda mb=mb: exact.attack(model, space, mech, [view], n, chunk_mb=mb),
                          _REPEATS.value)
 
     def device_part(chunk=chunk, block=block, num_chunks=num_chunks):
@@ -53,7 +49,7 @@ def main(argv):
       for i in range(num_chunks):
         carry = exact._chunk(carry, jnp.int32(i * chunk), views, select, zero, zero, None,
                              model=model, space=space, metric="l2", chunk=chunk,
-                             num_records=n, bayes=False, block=block, unroll=unroll)
+                             num_records=n, bayes=False, block=block)
       return carry
 
     device, _ = w.timed(device_part, _REPEATS.value)
@@ -65,9 +61,9 @@ def main(argv):
   text = "\n".join(
       [f"# EXACT (W1) vs chunk size: {name}", "",
        f"Command: `python -m benchmarks.exact_chunks --chunk_mb={','.join(_CHUNK_MB.value)} "
-       f"--repeats={_REPEATS.value} --unroll={_UNROLL.value}`  ",
+       f"--repeats={_REPEATS.value}`  ",
        f"jax {jax.__version__}; commit {workdir.git_commit()}; default chunk_mb here: "
-       f"{exact.default_chunk_mb():g}; steps per scan iteration: {unroll}. Median of {_REPEATS.value} timed runs after a "
+       f"{exact.default_chunk_mb():g}. Median of {_REPEATS.value} timed runs after a "
        "warm-up, each the whole exact.attack call (host transfers included).", "",
        "| chunk_mb | candidates per chunk | chunks | ms | device part ms | candidates/s |",
        "| ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -261,3 +261,19 @@ def test_exact_speedups_return_the_naive_argmin(run, clip_norm, monkeypatch):
     np.testing.assert_array_equal(index[unique], scores.argmin(-1)[unique])
     picked = scores[np.arange(len(ids)), index]
     np.testing.assert_allclose(picked, best, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("chunk_mb", [16.0, 512.0])
+def test_planned_chunks_fit_the_memory_limit(chunk_mb):
+  # At the accelerator default (512 MiB) a sweep's group of 27 settings once
+  # got a block whose Bayes buffers broke max_chunk_mb, and failed after
+  # training. Whatever plan_chunk picks must pass check_memory.
+  space = knowledge.CandidateSpace((7, 6, 5, 2), 4, (), (), 2)
+  for settings in (1, 9, 27):
+    for records in (1000, 32561):
+      for bayes in (False, True):
+        chunk, block = exact.plan_chunk(space, settings, records, 256, 128, bayes,
+                                        4096, chunk_mb)
+        assert 1 <= block <= settings and 1 <= chunk <= space.size
+        exact.check_memory(space, records, 256, 128, chunk, 1024.0, 2_000_000, block,
+                           bayes)

@@ -184,10 +184,10 @@ def _step_scores(model, p, clip_norm, metric, num_labels, view_step):
 
 
 @functools.partial(jax.jit, static_argnames=("model", "space", "metric", "chunk",
-                                              "num_records", "bayes", "block", "unroll"),
+                                              "num_records", "bayes", "block"),
                    donate_argnums=(0,))
 def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
-           space, metric, chunk, num_records, bayes, block, unroll):
+           space, metric, chunk, num_records, bayes, block):
   """Folds one candidate chunk into every setting's and epoch's running best.
 
   views: per-epoch ServerViews with a leading [all settings] axis; select [S]:
@@ -230,7 +230,7 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
     for e, view in enumerate(views):
       view_e = jax.tree.map(lambda a: a[setting], view)
       eb, ea, bb, ba, bl = (c[e] for c in carry_s)
-      (acc, eb, ea), _ = jax.lax.scan(step, (acc, eb, ea), view_e, unroll=unroll)
+      (acc, eb, ea), _ = jax.lax.scan(step, (acc, eb, ea), view_e)
       if bayes:
         value = (prior - acc / (2.0 * scale_s ** 2)).reshape(num_records, -1)
         chunk_best = value.max(-1)
@@ -287,13 +287,6 @@ def _with_setting_axis(views):
   return jax.tree.map(lambda a: a[None], views)
 
 
-def default_unroll() -> int:
-  """Steps per loop iteration of the scan over a view's steps: 1 on a CPU,
-  8 on an accelerator, where each loop iteration costs a host round trip
-  (W1 on an H100: 4.7 ms of device time at 1, 3.8 ms fully unrolled)."""
-  return 1 if jax.devices()[0].platform == "cpu" else 8
-
-
 def default_chunk_mb() -> float:
   """The per-step buffer target when none is given: 16 MiB on a CPU (buffers
   re-touched every step stay in cache; ~100 MiB ran 1.7x slower), 512 MiB on
@@ -311,13 +304,15 @@ def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
   intermediates stay near chunk_mb (they are re-touched every step: on CPU,
   ~16 MiB ran 1.7x faster than ~100 MiB) and all buffers within max_chunk_mb;
   it is then evened out so the last chunk is not mostly padding. Settings are
-  vmapped in blocks only while the step buffers still fit chunk_mb.
+  vmapped in blocks only while the step buffers still fit chunk_mb and all
+  of a block's buffers max_chunk_mb.
   """
   step, records = chunk_bytes(space, num_records, batch, hidden, bayes)
   fit = min(chunk_mb * 2**20 // step, max_chunk_mb * 2**20 // (step + records))
   chunk = int(min(chunk_candidates, space.size, max(1, fit)))
   chunk = math.ceil(space.size / math.ceil(space.size / chunk))
-  block = int(min(num_settings, max(1, chunk_mb * 2**20 // (step * chunk))))
+  block = int(min(num_settings, max(1, chunk_mb * 2**20 // (step * chunk)),
+                  max(1, max_chunk_mb * 2**20 // ((step + records) * chunk))))
   return chunk, block
 
 
@@ -326,7 +321,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
                     bayes: bool = True, log_prior=None, metric: str = "l2",
                     noiseless_scale: float = 1e-4, chunk_candidates: int = 4096,
                     chunk_mb: float = 0.0, max_chunk_mb: float = 1024.0,
-                    max_candidates: int = 2_000_000, unroll: int = 0) -> SettingsResult:
+                    max_candidates: int = 2_000_000) -> SettingsResult:
   """EXACT and (if `bayes`) Bayesian EXACT after every epoch, every setting.
 
   Args:
@@ -345,7 +340,6 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
     chunk_candidates, chunk_mb: the chunk size cap and its buffer target
       (0 = default_chunk_mb() for the device).
     max_chunk_mb, max_candidates: hard limits (ConfigError beyond).
-    unroll: steps per scan iteration (0 = default_unroll() for the device).
   """
   if metric not in METRICS:
     raise ConfigError(f"attack.exact.metric: unknown {metric!r}; known: {list(METRICS)}")
@@ -379,14 +373,13 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   shape = (num_settings, num_epochs, num_records)
   carry = _empty_carry(shape)
   select_arg = np.asarray(select, np.int32)
-  unroll = min(unroll or default_unroll(), views[0].ids.shape[1])
   num_chunks = math.ceil(space.size / chunk)
   start = last_log = time.perf_counter()
   for i in range(num_chunks):
     carry = _chunk(carry, np.int32(i * chunk), tuple(views), select_arg, clip_norm, scale,
                    log_prior if bayes else None, model=model, space=space,
                    metric=metric, chunk=chunk, num_records=num_records, bayes=bayes,
-                   block=block, unroll=unroll)
+                   block=block)
     jax.block_until_ready(carry)  # Dispatch is asynchronous; time real work.
     if time.perf_counter() - last_log > 15 and i + 1 < num_chunks:
       now = time.perf_counter()
@@ -425,8 +418,7 @@ def attack(model, space: CandidateSpace, mech: Mechanism, views: list[ServerView
            num_records: int, *, metric: str = "l2", bayes: bool = False,
            log_prior=None, noiseless_scale: float = 1e-4,
            chunk_candidates: int = 4096, chunk_mb: float = 0.0,
-           max_chunk_mb: float = 1024, max_candidates: int = 2_000_000,
-           unroll: int = 0) -> ExactResult:
+           max_chunk_mb: float = 1024, max_candidates: int = 2_000_000) -> ExactResult:
   """EXACT on the last of `views`, or Bayesian EXACT on all of them, for one
   setting (views without a setting axis, one per epoch)."""
   views = views if bayes else views[-1:]
@@ -436,7 +428,6 @@ def attack(model, space: CandidateSpace, mech: Mechanism, views: list[ServerView
                       bayes=bayes, log_prior=log_prior, metric=metric,
                       noiseless_scale=noiseless_scale,
                       chunk_candidates=chunk_candidates, chunk_mb=chunk_mb,
-                      max_chunk_mb=max_chunk_mb, max_candidates=max_candidates,
-                      unroll=unroll)
+                      max_chunk_mb=max_chunk_mb, max_candidates=max_candidates)
   last = len(views) - 1
   return r.bayes(0, last) if bayes else r.exact(0, last)
