@@ -75,6 +75,11 @@ def _t(a, dtype=None):
   return torch.as_tensor(np.array(a), dtype=dtype, device=device())
 
 
+def _cpu(a):
+  """A writable CPU copy of a numpy-able array (for copying into modules)."""
+  return torch.from_numpy(np.array(a))
+
+
 def _head_tensors(device_params, lead: int):
   """(W1 [..., d+P, H], b1 [..., H], w2 [..., H], b2 [...]) of a one-layer,
   one-logit head, from flax params with `lead` leading axes."""
@@ -134,7 +139,7 @@ class Server(torch.nn.Module if torch else object):
     while f"embed_{j}" in p:
       table = np.asarray(p[f"embed_{j}"]["embedding"])
       e = torch.nn.Embedding(*table.shape)
-      e.weight.data.copy_(torch.as_tensor(table))
+      e.weight.data.copy_(_cpu(table))
       self.embeds.append(e)
       j += 1
     self.layers = torch.nn.ModuleList()
@@ -142,8 +147,8 @@ class Server(torch.nn.Module if torch else object):
     for name in names + ["cut"]:
       kernel = np.asarray(p[name]["kernel"])
       layer = torch.nn.Linear(*kernel.shape)
-      layer.weight.data.copy_(torch.as_tensor(kernel.T))
-      layer.bias.data.copy_(torch.as_tensor(np.asarray(p[name]["bias"])))
+      layer.weight.data.copy_(_cpu(kernel.T))
+      layer.bias.data.copy_(_cpu(p[name]["bias"]))
       self.layers.append(layer)
 
   def forward(self, x_cat, x_num):
@@ -162,8 +167,8 @@ class Head(torch.nn.Module if torch else object):
     self.hidden = torch.nn.Linear(*np.asarray(p["hidden_0"]["kernel"]).shape)
     self.out = torch.nn.Linear(np.asarray(p["logits"]["kernel"]).shape[0], 1)
     for layer, name in ((self.hidden, "hidden_0"), (self.out, "logits")):
-      layer.weight.data.copy_(torch.as_tensor(np.asarray(p[name]["kernel"]).T))
-      layer.bias.data.copy_(torch.as_tensor(np.asarray(p[name]["bias"])))
+      layer.weight.data.copy_(_cpu(np.asarray(p[name]["kernel"]).T))
+      layer.bias.data.copy_(_cpu(p[name]["bias"]))
 
   def forward(self, h, p):
     return self.out(torch.relu(self.hidden(torch.cat([h, p], -1))))[:, 0]
@@ -252,7 +257,8 @@ def w4(view, records: int, vocab, lo, hi, num_restarts: int, num_steps: int,
        learning_rate: float, beta_start: float, beta_end: float, repeats: int,
        seed: int = 0):
   """Gradient matching on the first `records` releases of `view` ([steps, B]).
-  Returns (seconds, median best exact loss)."""
+  Returns (seconds, best exact loss [records], recovered numerics
+  [records, numerics] in normalised units), from the best restart."""
   steps, batch = view.ids.shape
   step_of = np.repeat(np.arange(steps), batch)[:records]
   pick = lambda a: np.asarray(a)[step_of, 0]
@@ -297,7 +303,9 @@ def w4(view, records: int, vocab, lo, hi, num_restarts: int, num_steps: int,
       dist.min(-1).values.sum().backward()
       opt.step()
     exact = ((messages(z, u, None) - m[:, None, None]) ** 2).sum(-1).min(-1).values
-    return exact.min(-1).values.detach()
+    best = exact.argmin(-1)
+    x = (lo + (hi - lo) * torch.sigmoid(u))[torch.arange(n, device=device()), best]
+    return exact.min(-1).values.detach(), x.detach()
 
-  seconds, best = timed(run, repeats)
-  return seconds, float(best.median().cpu())
+  seconds, (loss, x) = timed(run, repeats)
+  return seconds, loss.cpu().numpy(), x.cpu().numpy()
