@@ -1,0 +1,111 @@
+"""Where the time goes: profiler traces of W1 and W3 and a per-kernel summary.
+
+  python -m benchmarks.trace --out_dir=/tmp/traces [--workloads=w3_1,w3_16,w1]
+  python -m benchmarks.trace --summarize=/tmp/traces/w3_16.json.gz
+
+The first form warms each workload up, then records two runs of it with
+jax.profiler (Perfetto JSON, readable at ui.perfetto.dev) into
+<out_dir>/<workload>.json.gz and prints the summary. The second form only
+summarises a trace already written. The summary covers each process
+(/host:CPU, /device:GPU:0, ...):
+- the events with the largest total time;
+- on a device, the sum of kernel time and the span from the first kernel to
+  the last. The difference is time the device sat idle, waiting on the host.
+
+Workloads: w3_<n>, one SL epoch of the first n of W3's 16 settings
+(benchmarks/workloads.py); w1, the EXACT call of W1.
+"""
+
+import collections
+import glob
+import gzip
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from benchmarks import workloads as w
+from splitjax import training
+from splitjax.attacks import exact, knowledge
+
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "Folder for the traces.")
+_WORKLOADS = flags.DEFINE_list("workloads", ["w3_1", "w3_16", "w1"], "What to trace.")
+_SUMMARIZE = flags.DEFINE_string("summarize", None, "Only summarise this trace file.")
+_TOP = flags.DEFINE_integer("top", 15, "Events listed per process.")
+
+
+def summarize(path: str, top: int) -> str:
+  with gzip.open(path) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  names = {e["pid"]: e["args"]["name"] for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  by_process = collections.defaultdict(list)
+  for e in events:
+    if e.get("ph") == "X" and "dur" in e:
+      by_process[names.get(e["pid"], str(e["pid"]))].append(e)
+  lines = [f"== {path}"]
+  for process, evs in sorted(by_process.items()):
+    total, count = collections.Counter(), collections.Counter()
+    for e in evs:
+      total[e["name"]] += e["dur"]
+      count[e["name"]] += 1
+    head = f"-- {process}: {len(evs)} events"
+    if "device" in process:
+      span = max(e["ts"] + e["dur"] for e in evs) - min(e["ts"] for e in evs)
+      head += (f", kernel time {sum(total.values()) / 1e3:.2f} ms over a span of "
+               f"{span / 1e3:.2f} ms")
+    lines.append(head)
+    lines += [f"  {d / 1e3:9.3f} ms {count[n]:6d}x  {n[:90]}"
+              for n, d in total.most_common(top)]
+  return "\n".join(lines)
+
+
+def workload_fn(name: str):
+  if name == "w1":
+    ds, model, space, view = w.w1_setup()
+    mech = knowledge.Mechanism(0.0, 0.0)
+    return lambda: exact.attack(model, space, mech, [view], ds.train.num_examples).label
+  if name.startswith("w3_"):
+    _, ds, _, spec = w.w2_setup()
+    trainer = training.Trainer(spec)
+    train = jax.device_put(ds.train)
+    settings = training.make_settings(w.w3_rows()[:int(name[3:])])
+
+    def epoch():
+      state = trainer.init(train.y, settings)
+      return trainer.epoch(state, train, settings, np.int32(0))[1].train_loss
+    return epoch
+  raise app.UsageError(f"--workloads: unknown {name!r}; known: w1, w3_<settings>")
+
+
+def main(argv):
+  del argv
+  if _SUMMARIZE.value:
+    print(summarize(_SUMMARIZE.value, _TOP.value))
+    return
+  if not _OUT_DIR.value:
+    raise app.UsageError("--out_dir is required (or --summarize=FILE)")
+  os.makedirs(_OUT_DIR.value, exist_ok=True)
+  for name in _WORKLOADS.value:
+    fn = workload_fn(name)
+    for _ in range(2):  # compile, then one untraced run
+      jax.block_until_ready(fn())
+    log_dir = os.path.join(_OUT_DIR.value, f"profile_{name}")
+    with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+      for _ in range(2):
+        jax.block_until_ready(fn())
+    found = sorted(glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"),
+                             recursive=True))
+    if not found:
+      raise RuntimeError(f"jax.profiler wrote no perfetto_trace.json.gz under {log_dir}")
+    path = os.path.join(_OUT_DIR.value, f"{name}.json.gz")
+    shutil.copy(found[-1], path)
+    print(summarize(path, _TOP.value), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
