@@ -5,7 +5,12 @@ array shapes, so a *shape group* trains and is attacked as one vmapped program
 (`training.Trainer`, `exact.attack_settings`); `sweep.max_group_size` splits a
 large group into batches of equal composition, each a unit of work.
 
-Workdir layout:
+A sweep over data sets (`run_datasets`, a config with a `datasets` field, e.g.
+configs/all_datasets.py) runs one such sweep per data set, each in
+<workdir>/<name>/ with its own shape groups, resume and refusal, then writes
+<workdir>/summary.{csv,md} with every data set's rows.
+
+Workdir layout (one data set):
   config.json             the config and its hash; a rerun with another
                           config is refused
   batches/<id>.json       one finished batch (its runs' metrics, attacks,
@@ -385,3 +390,47 @@ def run(config, workdir: str) -> list[dict]:
     raise audit.AuditViolation("privacy audit failed (a bug in the mechanism, "
                                "accountant or attack): " + "; ".join(violations))
   return rows
+
+
+def run_datasets(config, workdir: str) -> list[dict]:
+  """A sweep over data sets: config.datasets maps a name to that data set's
+  sweep config. Each runs as `run` in <workdir>/<name>; then
+  <workdir>/summary.{csv,md} lists all their rows (column `dataset` = the
+  name). A failed audit in one data set does not stop the others; it is
+  raised once every data set's tables are written."""
+  if not config.get("datasets"):
+    raise ConfigError("datasets: no data sets to sweep; give at least one "
+                      "name -> sweep config")
+  names = list(config.datasets.keys())
+  listed = os.path.join(workdir, "datasets.json")
+  if os.path.exists(listed):
+    with open(listed) as f:
+      before = json.load(f)["datasets"]
+    if before != names:
+      raise ConfigError(f"--workdir: {workdir} holds a sweep over data sets {before}, "
+                        f"not {names}; choose another workdir (results are never "
+                        "overwritten)")
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    wd.write_json(listed, {"datasets": names})
+  rows, failures = [], []
+  for name, sub in config.datasets.items():
+    logging.info("data set %s -> %s", name, os.path.join(workdir, name))
+    folder = os.path.join(workdir, name)
+    try:
+      run(sub, folder)
+    except audit.AuditViolation as e:
+      failures.append(f"{name}: {e}")
+    rows += [dict(r, dataset=name) for r in report.read_rows(folder)]
+  report.write_summary(workdir, rows)
+  with open(os.path.join(workdir, report.SUMMARY + ".md")) as f:
+    print(f.read())
+  if failures:
+    raise audit.AuditViolation("; ".join(failures))
+  return rows
+
+
+def main(config, workdir: str):
+  """scripts/sweep.py: a sweep over data sets if the config has `datasets`,
+  else one data set's sweep."""
+  return (run_datasets if "datasets" in config else run)(config, workdir)

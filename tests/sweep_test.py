@@ -182,3 +182,34 @@ def test_sweep_refuses_a_batch_whose_views_exceed_the_memory_limit(tmp_path):
                      r"sweep.max_view_gb=0.001; set sweep.max_group_size to at most 5"):
     sweep.run(c, str(tmp_path / "a"))
   assert not (tmp_path / "a" / "batches").exists()
+
+
+def test_sweep_over_data_sets_writes_each_and_a_summary(tmp_path):
+  # Two "data sets" of different shapes (two vs one private feature), one
+  # seed each: each gets its own sweep folder, the summary lists both, a
+  # rerun recomputes nothing, and another set of data sets is refused.
+  import ml_collections
+
+  def one(private):
+    c = _cli_config()
+    c.sweep.seeds = (0,)
+    c.sweep.max_group_size = 0
+    c.data.private_features = private
+    return c
+
+  config = ml_collections.ConfigDict({"datasets": {
+      "two": one(("p_cat_0", "p_cat_1")), "one": one(("p_cat_0",))}})
+  rows = sweep.run_datasets(config, str(tmp_path))
+  assert sorted(r["dataset"] for r in rows) == ["one"] * 4 + ["two"] * 4
+  for name in ("two", "one"):
+    assert (tmp_path / name / (report.TABLE + ".csv")).exists()
+  summary = (tmp_path / (report.SUMMARY + ".md")).read_text()
+  assert summary.count("| two |") == 4 and summary.count("| one |") == 4
+  assert "exact/label" in (tmp_path / (report.SUMMARY + ".csv")).read_text()
+  stamp = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/batches/*.json")}
+  again = sweep.run_datasets(config, str(tmp_path))
+  assert json.dumps(again, sort_keys=True) == json.dumps(rows, sort_keys=True)  # nan-safe
+  assert stamp == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/batches/*.json")}
+  del config.datasets["one"]
+  with pytest.raises(ConfigError, match="holds a sweep over data sets"):
+    sweep.run_datasets(config, str(tmp_path))
