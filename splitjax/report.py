@@ -156,14 +156,19 @@ def to_csv(rows: list[dict]) -> str:
   return out.getvalue()
 
 
-def _jsonable(x):
-  if isinstance(x, float) and not math.isfinite(x):
-    return _num(x)
+def _walk(x, leaf):
+  """`leaf` applied to every non-container value of nested dicts and lists."""
   if isinstance(x, dict):
-    return {k: _jsonable(v) for k, v in x.items()}
+    return {k: _walk(v, leaf) for k, v in x.items()}
   if isinstance(x, list):
-    return [_jsonable(v) for v in x]
-  return x
+    return [_walk(v, leaf) for v in x]
+  return leaf(x)
+
+
+def _jsonable(x):
+  """Non-finite floats as 'inf', '-inf', 'nan' (strict JSON has none)."""
+  return _walk(x, lambda v: _num(v) if isinstance(v, float) and not math.isfinite(v)
+               else v)
 
 
 def _cell(row, name, digits=3) -> str:
@@ -351,13 +356,8 @@ def write(folder: str, config, schema, settings, records: list[dict],
 
 def _restore(x):
   """Undoes _jsonable: 'inf', '-inf' and 'nan' strings back to floats."""
-  if isinstance(x, str) and x in ("inf", "-inf", "nan"):
-    return float(x)
-  if isinstance(x, dict):
-    return {k: _restore(v) for k, v in x.items()}
-  if isinstance(x, list):
-    return [_restore(v) for v in x]
-  return x
+  return _walk(x, lambda v: float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan")
+               else v)
 
 
 def read_rows(folder: str) -> list[dict]:

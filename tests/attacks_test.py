@@ -121,12 +121,19 @@ def test_bayes_accumulates_releases_over_epochs():
   assert np.all((three.posterior >= 0) & (three.posterior <= 1 + 1e-6))
 
 
-def test_gradmatch_recovers_numeric_features():
+def numeric_run():
+  """A captured run with one private categorical and one numeric, and its
+  auxiliary sample (20 %)."""
   c = small_config(data__private_features=("p_cat_0", "p_num_0"),
                    data__synthetic__num_private_numeric=1,
                    data__synthetic__num_examples=1600)
   ds, model, views = _captured(c)
   _, aux, _ = evaluation.split_aux(ds.train, 0.2, 0)
+  return ds, model, views, aux
+
+
+def test_gradmatch_recovers_numeric_features():
+  ds, model, views, aux = numeric_run()
   r = gradmatch.attack(model, ds.schema, knowledge.Mechanism(0.0, 0.0), views[-1], aux,
                        ds.train.num_examples, num_restarts=4, num_steps=200,
                        learning_rate=0.05, max_records=128, hybrid=True,

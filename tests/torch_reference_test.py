@@ -10,11 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from attacks_test import _captured  # noqa: E402
+from attacks_test import _captured, numeric_run  # noqa: E402
 from benchmarks import torch_reference as tr  # noqa: E402
 from benchmarks import workloads as w  # noqa: E402
 from conftest import small_config  # noqa: E402
-from splitjax import evaluation, training  # noqa: E402
+from splitjax import training  # noqa: E402
 from splitjax.attacks import exact, gradmatch, knowledge  # noqa: E402
 
 
@@ -49,11 +49,7 @@ def test_w3_reference_trains_like_splitjax():
 
 
 def test_w4_reference_recovers_numeric_features():
-  c = small_config(data__private_features=("p_cat_0", "p_num_0"),
-                   data__synthetic__num_private_numeric=1,
-                   data__synthetic__num_examples=1600)
-  ds, model, views = _captured(c)
-  _, aux, _ = evaluation.split_aux(ds.train, 0.2, 0)
+  ds, model, views, aux = numeric_run()
   lo, hi = gradmatch.numeric_box(aux)
   view = views[-1]
   _, loss, x = tr.w4(view, 64, model.private_vocab_sizes, lo, hi, num_restarts=4,
