@@ -43,9 +43,7 @@ def main(argv):
                          _REPEATS.value)
 
     def device_part(chunk=chunk, block=block, num_chunks=num_chunks):
-      shape = (1, 1, n)
-      carry = tuple(jnp.full(shape, -jnp.inf) if i % 2 == 0 else jnp.zeros(shape, jnp.int32)
-                    for i in range(5))
+      carry = exact._empty_carry((1, 1, n))
       for i in range(num_chunks):
         carry = exact._chunk(carry, jnp.int32(i * chunk), views, select, zero, zero, None,
                              model=model, space=space, metric="l2", chunk=chunk,

@@ -25,6 +25,7 @@ from absl import app, flags, logging
 from benchmarks import torch_reference as tr
 from benchmarks import workloads as w
 from splitjax import workdir
+from splitjax.attacks import gradmatch
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.")
 _ONLY = flags.DEFINE_list("only", ["w1", "w2", "w3", "w4"], "Workloads to run.")
@@ -108,7 +109,7 @@ def main(argv):
     loop = w.w4_loop(model, ds, view, aux, r, records)
     extra = dict(median_best_loss=loss)
     if use_torch:
-      lo, hi = w.w4_box(aux)
+      lo, hi = gradmatch.numeric_box(aux)
       seconds, torch_loss, _ = tr.w4(view, records, model.private_vocab_sizes, lo, hi,
                                   w.W4_KW["num_restarts"], w.W4_KW["num_steps"],
                                   w.W4_KW["learning_rate"], w.W4_KW["beta_start"],

@@ -80,9 +80,9 @@ def _cpu(a):
   return torch.from_numpy(np.array(a))
 
 
-def _head_tensors(device_params, lead: int):
+def _head_tensors(device_params):
   """(W1 [..., d+P, H], b1 [..., H], w2 [..., H], b2 [...]) of a one-layer,
-  one-logit head, from flax params with `lead` leading axes."""
+  one-logit head, from flax params with any leading axes."""
   p = device_params["params"]
   return (_t(p["hidden_0"]["kernel"]), _t(p["hidden_0"]["bias"]),
           _t(p["logits"]["kernel"])[..., 0], _t(p["logits"]["bias"])[..., 0])
@@ -95,7 +95,7 @@ def w1(view, p_all, repeats: int, record_chunk: int = 64):
   """view: a ServerView of one setting, [steps, B] (numpy-able leaves);
   p_all: [C, P] every private combination's head input. Returns (seconds,
   argmin index [steps * B] over combination * 2 + label)."""
-  w1_, b1, w2, b2 = _head_tensors(view.device_params, 2)  # [steps, 1, ...]
+  w1_, b1, w2, b2 = _head_tensors(view.device_params)  # [steps, 1, ...]
   h, m = _t(view.h), _t(view.messages)
   p_all = _t(p_all)
   labels = torch.tensor([0.0, 1.0], device=device())
@@ -261,11 +261,12 @@ def w4(view, records: int, vocab, lo, hi, num_restarts: int, num_steps: int,
   [records, numerics] in normalised units), from the best restart."""
   steps, batch = view.ids.shape
   step_of = np.repeat(np.arange(steps), batch)[:records]
-  pick = lambda a: np.asarray(a)[step_of, 0]
   flat = lambda a: np.asarray(a).reshape((steps * batch,) + np.asarray(a).shape[2:])[:records]
   p = view.device_params["params"]
-  w1_, b1 = _t(pick(p["hidden_0"]["kernel"])), _t(pick(p["hidden_0"]["bias"]))
-  w2, b2 = _t(pick(p["logits"]["kernel"]))[..., 0], _t(pick(p["logits"]["bias"]))[..., 0]
+  # Each record's head params: those of its step (SL: one set per step).
+  w1_, b1, w2, b2 = _head_tensors(
+      {"params": {k: {n: np.asarray(a)[step_of, 0] for n, a in v.items()}
+                  for k, v in p.items()}})
   h, m = _t(flat(view.h)), _t(flat(view.messages))
   lo, hi = _t(lo), _t(hi)
   n, r, d = records, num_restarts, h.shape[-1]

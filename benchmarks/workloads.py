@@ -296,11 +296,6 @@ def w4_flops_per_iteration(model, schema) -> float:
   return 6 * (p * h + h * d)
 
 
-def w4_box(aux):
-  """The numeric box (lo, hi) the optimiser searches: the auxiliary range."""
-  return gradmatch.numeric_box(aux)
-
-
 def w4_batched(model, ds, view, aux, repeats, records: int = 1024):
   """(median seconds, median best exact matching loss over the records)."""
   mech = knowledge.Mechanism(0.0, 0.0)
