@@ -29,7 +29,7 @@ from absl import app, flags
 
 from benchmarks import workloads as w
 from splitjax import training
-from splitjax.attacks import exact, knowledge
+from splitjax.attacks import exact, gradmatch, knowledge
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Folder for the traces.")
 _WORKLOADS = flags.DEFINE_list("workloads", ["w3_1", "w3_16", "w1"], "What to trace.")
@@ -69,6 +69,11 @@ def workload_fn(name: str):
     ds, model, space, view = w.w1_setup()
     mech = knowledge.Mechanism(0.0, 0.0)
     return lambda: exact.attack(model, space, mech, [view], ds.train.num_examples).label
+  if name == "w4":
+    ds, model, view, aux = w.w4_setup()
+    mech = knowledge.Mechanism(0.0, 0.0)
+    return lambda: gradmatch.attack(model, ds.schema, mech, view, aux, ds.train.num_examples,
+                                    max_records=256, **w.W4_KW).loss
   if name.startswith("w3_"):
     _, ds, _, spec = w.w2_setup()
     trainer = training.Trainer(spec)
@@ -79,7 +84,7 @@ def workload_fn(name: str):
       state = trainer.init(train.y, settings)
       return trainer.epoch(state, train, settings, np.int32(0))[1].train_loss
     return epoch
-  raise app.UsageError(f"--workloads: unknown {name!r}; known: w1, w3_<settings>")
+  raise app.UsageError(f"--workloads: unknown {name!r}; known: w1, w3_<settings>, w4")
 
 
 def main(argv):

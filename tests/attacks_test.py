@@ -133,9 +133,13 @@ def numeric_run():
 
 
 def test_gradmatch_recovers_numeric_features():
+  # Some records end in a wrong local minimum (best loss ~1e-5, against ~1e-8
+  # where the value is right), so the mean error depends on the restarts'
+  # seed: over seeds 0-4, 8 restarts gave means 0.10-0.13 and medians
+  # 0.013-0.019 (4 restarts: means 0.12-0.19).
   ds, model, views, aux = numeric_run()
   r = gradmatch.attack(model, ds.schema, knowledge.Mechanism(0.0, 0.0), views[-1], aux,
-                       ds.train.num_examples, num_restarts=4, num_steps=200,
+                       ds.train.num_examples, num_restarts=8, num_steps=200,
                        learning_rate=0.05, max_records=128, hybrid=True,
                        beta_start=2.0, beta_end=200.0, seed=0)
   assert r.seen.sum() == 128
@@ -143,6 +147,36 @@ def test_gradmatch_recovers_numeric_features():
   assert np.median(err) < 0.05 and err.mean() < 0.15, (np.median(err), err.mean())
   assert _acc(r.cat, ds.train.x_p_cat, r.seen)[0] > 0.95
   assert _acc(r.label, ds.train.y, r.seen) > 0.95
+
+
+@pytest.mark.parametrize("beta", [None, 20.0])
+@pytest.mark.parametrize("clip_norm", [0.0, 0.05])
+def test_gradmatch_written_out_loss_matches_the_jacobian_path(run, beta, clip_norm,
+                                                               monkeypatch):
+  # The default head's written-out matching loss (and its gradient, which
+  # the optimiser follows) against the generic one built on jax.jacrev.
+  ds, model, views = run
+  view = views[-1]
+  params = jax.tree.map(lambda a: a[0, 0], view.device_params)
+  h, m = view.h[0, :16], view.messages[0, :16]
+  space = knowledge.candidate_space(ds.schema, ())
+  width = space.encode(space.digits(jnp.arange(1))).shape[-1]
+  p = jax.random.uniform(jax.random.key(1), (16, width))
+  mech = knowledge.Mechanism(clip_norm, 0.0)
+
+  def losses():
+    def one(p_, h_, m_):
+      rec_pre = models.head_record_pre(model, params, h_)
+      return gradmatch._loss(model, params, rec_pre, models.head_w_h(model, params),
+                             p_, m_, mech, 2, beta)[0]
+    return jax.vmap(jax.value_and_grad(one))(p, h, m)
+
+  fast = losses()
+  monkeypatch.setattr(exact, "one_layer_binary", lambda model: False)
+  generic = losses()
+  assert np.all(np.asarray(fast[0]) > 0) and np.any(np.abs(np.asarray(fast[1])) > 0)
+  for a, b in zip(fast, generic):
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-7)
 
 
 def test_label_only_attacks_beat_chance(run):
@@ -261,7 +295,7 @@ def test_exact_speedups_return_the_naive_argmin(run, clip_norm, monkeypatch):
   ids = np.asarray(view.ids).ravel()
   mech = knowledge.Mechanism(clip_norm, 0.02)
   fast = exact.attack(model, space, mech, [view], n, chunk_candidates=4)
-  monkeypatch.setattr(exact, "_one_layer_binary", lambda model: False)
+  monkeypatch.setattr(exact, "one_layer_binary", lambda model: False)
   generic = exact.attack(model, space, mech, [view], n, chunk_candidates=3)
   for r in (fast, generic):
     index = (np.asarray(r.digits[ids]) @ np.array([space.radices[1], 1])) * 2 + r.label[ids]

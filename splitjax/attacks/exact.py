@@ -121,7 +121,9 @@ def score(observed: jax.Array, candidates: jax.Array, metric: str) -> jax.Array:
   return 1.0 - dots / jnp.maximum(norms, 1e-12)
 
 
-def _one_layer_binary(model) -> bool:
+def one_layer_binary(model) -> bool:
+  """The default head (one hidden layer, one logit), which has a written-out
+  fast path here and in gradmatch."""
   return len(model.head.hidden) == 1 and model.head.num_outputs == 1
 
 
@@ -139,24 +141,34 @@ def _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step):
   logit = jnp.sum(u * pre, -1) + out["bias"][0]           # [B, C]
   b, c, hidden = u.shape
   v = (u.reshape(b * c, hidden) @ w_h.T).reshape(b, c, -1)  # [B, C, d]
-  sig = jax.nn.sigmoid(logit)
-  coef = jnp.stack([sig, sig - 1.0], -1)                  # [B, C, 2]
-  # Label y's message is a_y v with a_y = coef_y * (its clip factor), so
-  # ||a_y v - m||^2 = a_y^2 |v|^2 - 2 a_y v.m + |m|^2 from two reductions of v,
-  # without materialising the [B, C, 2, d] messages.
   m = view_step.messages
-  vv = jnp.sum(v * v, -1)[..., None]                      # [B, C, 1]
-  vm = jnp.einsum("bcd,bd->bc", v, m)[..., None]
-  mm = jnp.sum(m * m, -1)[:, None, None]
-  norm = jnp.abs(coef) * jnp.sqrt(vv)
-  if not (isinstance(clip_norm, (int, float)) and clip_norm <= 0):
-    factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
-    coef = coef * jnp.where(clip_norm > 0, factor, 1.0)
-  l2 = jnp.maximum(coef * coef * vv - 2.0 * coef * vm + mm, 0.0)
+  vv = jnp.sum(v * v, -1)                                 # [B, C]
+  vm = jnp.einsum("bcd,bd->bc", v, m)
+  mm = jnp.sum(m * m, -1)[:, None]
+  coef, l2 = binary_distances(logit, vv, vm, mm, clip_norm)
+  vv, vm, mm = vv[..., None], vm[..., None], mm[..., None]
   if metric == "l2":
     return l2, l2
   cos = coef * vm / jnp.maximum(jnp.abs(coef) * jnp.sqrt(vv * mm), 1e-12)
   return l2, 1.0 - cos
+
+
+def binary_distances(logit, vv, vm, mm, clip_norm):
+  """(a, ||a_y v - m||^2) for both labels y of a one-logit head, [..., 2].
+
+  Label y's message is a_y v with a_y = (sigmoid(logit) - y) times its clip
+  factor, so the distance is a_y^2 |v|^2 - 2 a_y v.m + |m|^2: from the
+  reductions vv = |v|^2, vm = v.m, mm = |m|^2 [...], without materialising
+  the messages.
+  """
+  sig = jax.nn.sigmoid(logit)
+  coef = jnp.stack([sig, sig - 1.0], -1)
+  vv, vm, mm = vv[..., None], vm[..., None], mm[..., None]
+  if not (isinstance(clip_norm, (int, float)) and clip_norm <= 0):
+    norm = jnp.abs(coef) * jnp.sqrt(vv)
+    factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
+    coef = coef * jnp.where(clip_norm > 0, factor, 1.0)
+  return coef, jnp.maximum(coef * coef * vv - 2.0 * coef * vm + mm, 0.0)
 
 
 def _step_scores(model, p, clip_norm, metric, num_labels, view_step):
@@ -164,7 +176,7 @@ def _step_scores(model, p, clip_norm, metric, num_labels, view_step):
   candidate chunk p [C, P]."""
   params_all = view_step.device_params  # leading axis P (clients)
   shared = jax.tree.leaves(params_all)[0].shape[0] == 1  # SL, stale FSL
-  if shared and _one_layer_binary(model):
+  if shared and one_layer_binary(model):
     params = jax.tree.map(lambda a: a[0], params_all)
     return _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step)
   cand_pre = jax.vmap(lambda prm: models.head_private_pre(model, prm, p))(params_all)

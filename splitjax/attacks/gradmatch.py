@@ -50,12 +50,47 @@ def _encode(z_list, x_num, fixed_cat, vocab):
   return jnp.concatenate(parts + [x_num], -1)
 
 
+@jax.custom_jvp
+def _softplus_pair(y):
+  """(softplus(y), sigmoid(y)) from one exp, with the derivatives written out
+  (sigmoid and sigmoid (1 - sigmoid)), so autodiff adds no transcendentals."""
+  e = jnp.exp(-jnp.abs(y))
+  return jax.nn.relu(y) + jnp.log1p(e), jnp.where(y >= 0, 1.0, e) / (1.0 + e)
+
+
+@_softplus_pair.defjvp
+def _softplus_pair_jvp(primals, tangents):
+  (y,), (dy,) = primals, tangents
+  sp, sg = _softplus_pair(y)
+  return (sp, sg), (sg * dy, sg * (1.0 - sg) * dy)
+
+
+def _surrogate(pre, beta):
+  """(act(pre), act'(pre)): ReLU when beta is None, else softplus(beta x) /
+  beta and its derivative sigmoid(beta x)."""
+  if beta is None:
+    return jax.nn.relu(pre), (pre > 0).astype(pre.dtype)
+  sp, sg = _softplus_pair(beta * pre)
+  return sp / beta, sg
+
+
 def _loss(model, params, rec_pre, w_h, p, m, mech, num_labels, beta):
-  act = (jax.nn.relu if beta is None
-         else (lambda x: jax.nn.softplus(beta * x) / beta))
+  """(best distance over the labels, its label) of one candidate input p."""
   cand_pre = models.head_private_pre(model, params, p)
-  msgs = exact.candidate_messages(model, params, rec_pre, w_h, cand_pre, num_labels, act)
-  d = jnp.sum((exact.clip(msgs, mech.clip_norm) - m) ** 2, -1)  # [K]
+  if exact.one_layer_binary(model):
+    # The default head written out (as EXACT's fast path): one exp per unit,
+    # two reductions of the message direction v, no per-label messages.
+    out = params["params"]["logits"]
+    act, slope = _surrogate(rec_pre + cand_pre, beta)
+    w2 = out["kernel"][:, 0]
+    v = (slope * w2) @ w_h.T
+    d = exact.binary_distances(act @ w2 + out["bias"][0], v @ v, v @ m, m @ m,
+                               mech.clip_norm)[1]
+  else:
+    act = (jax.nn.relu if beta is None
+           else (lambda x: jax.nn.softplus(beta * x) / beta))
+    msgs = exact.candidate_messages(model, params, rec_pre, w_h, cand_pre, num_labels, act)
+    d = jnp.sum((exact.clip(msgs, mech.clip_norm) - m) ** 2, -1)  # [K]
   return d.min(), d.argmin()
 
 
@@ -106,9 +141,12 @@ def _stratified(key, num_restarts, dims):
 
 @functools.partial(jax.jit, static_argnames=("model", "mech", "vocab", "num_labels",
                                               "num_steps", "lr", "beta_start",
-                                              "beta_end", "num_restarts", "hybrid"))
+                                              "beta_end", "num_restarts", "hybrid", "shared"))
 def _run(params, h, m, lo, hi, key, *, model, mech, vocab, num_labels, num_steps,
-         lr, beta_start, beta_end, num_restarts, hybrid):
+         lr, beta_start, beta_end, num_restarts, hybrid, shared):
+  """Every record of h [N, d], m [N, d]: params [N, ...] one per record, or
+  one for all of them when `shared` (then every matmul runs over the records
+  x restarts at once instead of one small one per record)."""
   r, f_num = num_restarts, lo.shape[0]
   k_strat, k_z = jax.random.split(key)
   q = _stratified(k_strat, r, f_num)
@@ -126,7 +164,7 @@ def _run(params, h, m, lo, hi, key, *, model, mech, vocab, num_labels, num_steps
   else:
     fn = jax.vmap(one, (None, None, None, 0, 0, None))
     per_record = lambda prm, hh, mm: fn(prm, hh, mm, z0, u0, None)
-  loss, cats, x, label = jax.vmap(per_record)(params, h, m)
+  loss, cats, x, label = jax.vmap(per_record, (None if shared else 0, 0, 0))(params, h, m)
   b = loss.shape[0]
   loss, cats, x, label = (a.reshape((b, -1) + a.shape[loss.ndim:])
                           for a in (loss, cats, x, label))
@@ -144,12 +182,33 @@ def numeric_box(aux: AuxSample) -> tuple[jax.Array, jax.Array]:
   return jnp.asarray(lo, jnp.float32), jnp.asarray(hi, jnp.float32)
 
 
+def default_batch_records(rows_per_record: int) -> int:
+  """Records per compiled call: on a CPU, ~1,024 optimisation rows (records
+  x restarts [x combinations]), whose [rows, hidden] intermediates stay in
+  L2 (2,048 rows ran 1.35x slower on the 2-core VM); 256 records on an
+  accelerator, where larger calls fill it better."""
+  if jax.devices()[0].platform == "cpu":
+    return max(1, 1024 // rows_per_record)
+  return 256
+
+
+def _batches(total: int, group: int, size: int) -> list[slice]:
+  """Slices of at most `size` over range(total) that never cross a multiple
+  of `group` (a step's records, when they share params)."""
+  return [slice(start, min(start + size, g + group, total))
+          for g in range(0, total, group) for start in range(g, min(g + group, total), size)]
+
+
 def attack(model, schema, mech: Mechanism, view: ServerView, aux: AuxSample,
            num_records: int, *, num_restarts: int, num_steps: int,
            learning_rate: float, max_records: int, hybrid: bool, beta_start: float,
-           beta_end: float, seed: int, batch_records: int = 256) -> GradMatchResult:
-  """Attacks the first `max_records` releases of `view` (one epoch)."""
+           beta_end: float, seed: int, batch_records: int = 0) -> GradMatchResult:
+  """Attacks the first `max_records` releases of `view` (one epoch), in
+  batches of `batch_records` records (0: `default_batch_records`)."""
   vocab = tuple(f.vocab_size for f in schema.private_categorical)
+  if batch_records <= 0:
+    batch_records = default_batch_records(
+        num_restarts * (int(np.prod(vocab)) if hybrid and vocab else 1))
   lo, hi = numeric_box(aux)
   steps, b = view.ids.shape
   flat = lambda a: a.reshape((steps * b,) + a.shape[2:])
@@ -158,21 +217,28 @@ def attack(model, schema, mech: Mechanism, view: ServerView, aux: AuxSample,
   step_of = np.repeat(np.arange(steps), b)[:total]
   pidx = np.asarray(flat(view.param_index))[:total]
   h, m = flat(view.h)[:total], flat(view.messages)[:total]
+  # SL (and stale FSL) messages of one step share its device params: such a
+  # batch takes them once, not a copy per record.
+  shared = jax.tree.leaves(view.device_params)[0].shape[1] == 1
   outs = []
   mesh = sharding.mesh()
-  for start in range(0, total, batch_records):
-    sl = slice(start, min(start + batch_records, total))
-    params = jax.tree.map(lambda a: a[step_of[sl], pidx[sl]], view.device_params)
+  for sl in _batches(total, b if shared else total, batch_records):
+    if shared:
+      params = jax.tree.map(lambda a: a[step_of[sl.start], 0], view.device_params)
+    else:
+      params = jax.tree.map(lambda a: a[step_of[sl], pidx[sl]], view.device_params)
     hs, ms = h[sl], m[sl]
     if mesh is not None and hs.shape[0] % mesh.size == 0:
       # The records of the batch over every device (splitjax/sharding.py).
-      params, hs, ms = sharding.shard_axis((params, hs, ms), mesh, 0)
+      hs, ms = sharding.shard_axis((hs, ms), mesh, 0)
+      params = (sharding.replicate(params, mesh) if shared
+                else sharding.shard_axis(params, mesh, 0))
     outs.append(_run(params, hs, ms, lo, hi,
-                     jax.random.fold_in(jax.random.key(seed), start),
+                     jax.random.fold_in(jax.random.key(seed), sl.start),
                      model=model, mech=mech, vocab=vocab,
                      num_labels=schema.num_classes, num_steps=num_steps,
                      lr=learning_rate, beta_start=beta_start, beta_end=beta_end,
-                     num_restarts=num_restarts, hybrid=hybrid))
+                     num_restarts=num_restarts, hybrid=hybrid, shared=shared))
   loss, cats, x, label = (np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(4))
   out_cat = np.zeros((num_records, len(vocab)), np.int32)
   out_num = np.zeros((num_records, lo.shape[0]), np.float32)
