@@ -136,11 +136,14 @@ def _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step):
   rec_pre = models.head_record_pre(model, params, view_step.h)  # [B, H]
   cand_pre = models.head_private_pre(model, params, p)    # [C, H]
   out = params["params"]["logits"]
+  w2 = out["kernel"][:, 0]
   pre = rec_pre[:, None, :] + cand_pre[None, :, :]        # [B, C, H]
-  u = jnp.where(pre > 0, out["kernel"][:, 0], 0.0)
-  logit = jnp.sum(u * pre, -1) + out["bias"][0]           # [B, C]
-  b, c, hidden = u.shape
-  v = (u.reshape(b * c, hidden) @ w_h.T).reshape(b, c, -1)  # [B, C, d]
+  logit = jnp.maximum(pre, 0.0) @ w2 + out["bias"][0]      # [B, C]
+  # u @ W_h^T as mask @ (w2 * W_h^T): XLA:CPU then streams the mask and the
+  # ReLU in two passes over [B, C, H] (u and u * pre took four).
+  mask = (pre > 0).astype(pre.dtype)
+  b, c, hidden = mask.shape
+  v = (mask.reshape(b * c, hidden) @ (w2[:, None] * w_h.T)).reshape(b, c, -1)  # [B, C, d]
   m = view_step.messages
   vv = jnp.sum(v * v, -1)                                 # [B, C]
   vm = jnp.einsum("bcd,bd->bc", v, m)
