@@ -1,4 +1,4 @@
-"""Where the time goes: profiler traces of W1 and W3 and a per-kernel summary.
+"""Where the time goes: profiler traces of W1, W3 and W4 and a per-kernel summary.
 
   python -m benchmarks.trace --out_dir=/tmp/traces [--workloads=w3_1,w3_16,w1]
   python -m benchmarks.trace --summarize=/tmp/traces/w3_16.json.gz
@@ -13,7 +13,8 @@ summarises a trace already written. The summary covers each process
   the last. The difference is time the device sat idle, waiting on the host.
 
 Workloads: w3_<n>, one SL epoch of the first n of W3's 16 settings
-(benchmarks/workloads.py); w1, the EXACT call of W1.
+(benchmarks/workloads.py); w1, the EXACT call of W1; w4, W4's optimiser on
+its first 256 records.
 """
 
 import collections

@@ -14,7 +14,10 @@ device's message match: minimise over x of min_y ||g_i - clip(g(h_i, x, y))||^2.
   best restart by the exact (ReLU) loss. Restarts start on a stratified
   (Latin hypercube) spread of the numeric box instead of at random.
 Batched over records x restarts (x combinations) with vmap; one `lax.scan`
-over the Adam iterations (optax).
+over the Adam iterations (optax). The records of one step share its device
+params, so a batch takes them once and every matmul runs over all its
+rows; the default head's loss is written out (as in EXACT), with one exp
+per hidden unit for the surrogate and its slope.
 """
 
 from __future__ import annotations
