@@ -10,7 +10,9 @@ summarises a trace already written. The summary covers each process
 (/host:CPU, /device:GPU:0, ...):
 - the events with the largest total time;
 - on a device, the sum of kernel time and the span from the first kernel to
-  the last. The difference is time the device sat idle, waiting on the host.
+  the last. The difference is time the device sat idle, waiting on the host;
+- on a CPU, where the kernels run in the host process, the kernels alone
+  first (summed over threads, so concurrent kernels count twice).
 
 Workloads: w3_<n>, one SL epoch of the first n of W3's 16 settings
 (benchmarks/workloads.py); w1, the EXACT call of W1; w4, W4's optimiser on
@@ -38,6 +40,12 @@ _SUMMARIZE = flags.DEFINE_string("summarize", None, "Only summarise this trace f
 _TOP = flags.DEFINE_integer("top", 15, "Events listed per process.")
 
 
+def _is_kernel(name: str) -> bool:
+  """On a CPU the compiled program's kernels (XLA thunks) share the host
+  process with Python frames ($...) and runtime events (Foo::Bar, PjitFunction)."""
+  return not (name.startswith("$") or "::" in name or name.startswith("Pjit"))
+
+
 def summarize(path: str, top: int) -> str:
   with gzip.open(path) as f:
     trace = json.load(f)
@@ -50,19 +58,32 @@ def summarize(path: str, top: int) -> str:
       by_process[names.get(e["pid"], str(e["pid"]))].append(e)
   lines = [f"== {path}"]
   for process, evs in sorted(by_process.items()):
-    total, count = collections.Counter(), collections.Counter()
+    if "device" not in process:  # The host: its kernels alone (CPU), if any.
+      kernels = [e for e in evs if _is_kernel(e["name"])]
+      if kernels:
+        lines.append(f"-- {process}, kernels only: {len(kernels)} events, "
+                     f"{sum(e['dur'] for e in kernels) / 1e3:.2f} ms summed over threads")
+        lines += _top(kernels, top)
+    total = collections.Counter()
     for e in evs:
       total[e["name"]] += e["dur"]
-      count[e["name"]] += 1
     head = f"-- {process}: {len(evs)} events"
     if "device" in process:
       span = max(e["ts"] + e["dur"] for e in evs) - min(e["ts"] for e in evs)
       head += (f", kernel time {sum(total.values()) / 1e3:.2f} ms over a span of "
                f"{span / 1e3:.2f} ms")
     lines.append(head)
-    lines += [f"  {d / 1e3:9.3f} ms {count[n]:6d}x  {n[:90]}"
-              for n, d in total.most_common(top)]
+    lines += _top(evs, top)
   return "\n".join(lines)
+
+
+def _top(evs, top: int) -> list[str]:
+  total, count = collections.Counter(), collections.Counter()
+  for e in evs:
+    total[e["name"]] += e["dur"]
+    count[e["name"]] += 1
+  return [f"  {d / 1e3:9.3f} ms {count[n]:6d}x  {n[:90]}"
+          for n, d in total.most_common(top)]
 
 
 def workload_fn(name: str):
