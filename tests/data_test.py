@@ -2,6 +2,7 @@
 
 import gzip
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -72,9 +73,18 @@ def test_movielens_through_manual_folder(tfds_dir, movielens_dir):
   assert missing.any() and set(movies[missing]) == {"267"}
 
 
-def test_no_tensorflow_or_torch_imported(adult_tables):
-  assert "tensorflow" not in sys.modules
-  assert "torch" not in sys.modules
+def test_no_tensorflow_or_torch_imported(adult_tables, tfds_dir):
+  # In a fresh process: in this one, collecting torch_reference_test.py
+  # imports torch wherever it is installed.
+  script = ("import sys\n"
+            "from splitjax.data import builders\n"
+            f"builders.load('adult', tfds_dir={tfds_dir!r}, manual_dir='', "
+            "verify_checksums=True)\n"
+            "print(sorted({'tensorflow', 'torch'} & set(sys.modules)))\n")
+  r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip().splitlines()[-1] == "[]", r.stdout
 
 
 def test_failed_build_leaves_no_cache(tmp_path):
