@@ -149,6 +149,30 @@ def test_gradmatch_recovers_numeric_features():
   assert _acc(r.label, ds.train.y, r.seen) > 0.95
 
 
+def test_gradmatch_batches_share_params_within_a_step():
+  # Batches cover every record once and never straddle two steps; a batch
+  # that takes its step's params once gives what per-record copies give.
+  batches = gradmatch._batches(10, 4, 3)
+  assert [(b.start, b.stop) for b in batches] == [(0, 3), (3, 4), (4, 7), (7, 8), (8, 10)]
+  ds, model, views, aux = numeric_run()
+  view = views[-1]
+  lo, hi = gradmatch.numeric_box(aux)
+  params = jax.tree.map(lambda a: a[0, 0], view.device_params)
+  h, m = view.h[0, :8], view.messages[0, :8]
+  kw = dict(model=model, mech=knowledge.Mechanism(0.0, 0.0),
+            vocab=tuple(f.vocab_size for f in ds.schema.private_categorical),
+            num_labels=2, num_steps=30, lr=0.05, beta_start=2.0, beta_end=200.0,
+            num_restarts=2, hybrid=True)
+  key = jax.random.key(0)
+  once = gradmatch._run(params, h, m, lo, hi, key, shared=True, **kw)
+  copies = jax.tree.map(lambda a: jnp.broadcast_to(a, (8,) + a.shape), params)
+  each = gradmatch._run(copies, h, m, lo, hi, key, shared=False, **kw)
+  np.testing.assert_array_equal(once[1], each[1])  # categoricals
+  np.testing.assert_array_equal(once[3], each[3])  # labels
+  np.testing.assert_allclose(once[2], each[2], atol=1e-4)
+  np.testing.assert_allclose(once[0], each[0], rtol=1e-3, atol=1e-8)
+
+
 @pytest.mark.parametrize("beta", [None, 20.0])
 @pytest.mark.parametrize("clip_norm", [0.0, 0.05])
 def test_gradmatch_written_out_loss_matches_the_jacobian_path(run, beta, clip_norm,
