@@ -127,7 +127,7 @@ def one_layer_binary(model) -> bool:
   return len(model.head.hidden) == 1 and model.head.num_outputs == 1
 
 
-def _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step):
+def _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step, mm):
   """_step_scores for the default head (one ReLU layer, one logit), written
   out: with u = relu'(pre) * w2, every label's message is
   (sigmoid(logit) - y) * (u @ W_h^T), so the whole step is one matmul
@@ -147,7 +147,7 @@ def _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step):
   m = view_step.messages
   vv = jnp.sum(v * v, -1)                                 # [B, C]
   vm = jnp.einsum("bcd,bd->bc", v, m)
-  mm = jnp.sum(m * m, -1)[:, None]
+  mm = mm[:, None]
   coef, l2 = binary_distances(logit, vv, vm, mm, clip_norm)
   vv, vm, mm = vv[..., None], vm[..., None], mm[..., None]
   if metric == "l2":
@@ -174,14 +174,15 @@ def binary_distances(logit, vv, vm, mm, clip_norm):
   return coef, jnp.maximum(coef * coef * vv - 2.0 * coef * vm + mm, 0.0)
 
 
-def _step_scores(model, p, clip_norm, metric, num_labels, view_step):
+def _step_scores(model, p, clip_norm, metric, num_labels, view_step, mm):
   """L2 distances and match scores [B, C, K] of one step's records against a
-  candidate chunk p [C, P]."""
+  candidate chunk p [C, P]; mm [B] is |m|^2 of the step's messages (the
+  written-out path's distances use it)."""
   params_all = view_step.device_params  # leading axis P (clients)
   shared = jax.tree.leaves(params_all)[0].shape[0] == 1  # SL, stale FSL
   if shared and one_layer_binary(model):
     params = jax.tree.map(lambda a: a[0], params_all)
-    return _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step)
+    return _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step, mm)
   cand_pre = jax.vmap(lambda prm: models.head_private_pre(model, prm, p))(params_all)
   w_h = jax.vmap(lambda prm: models.head_w_h(model, prm))(params_all)
 
@@ -224,9 +225,10 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
     prior = jnp.where(valid[None, :, None], prior, -jnp.inf)  # [N, C, K]
 
   def one_setting(carry_s, setting, clip_s, scale_s):
-    def step(state, vs):
+    def step(state, xs):
+      vs, mm = xs
       acc, best, arg = state
-      l2, match = _step_scores(model, p, clip_s, metric, k, vs)
+      l2, match = _step_scores(model, p, clip_s, metric, k, vs, mm)
       match = jnp.where(valid[None, :, None], match, jnp.inf).reshape(match.shape[0], -1)
       new_best = -match.min(-1)
       new_arg = match.argmin(-1).astype(jnp.int32) + offset
@@ -245,7 +247,11 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
     for e, view in enumerate(views):
       view_e = jax.tree.map(lambda a: a[setting], view)
       eb, ea, bb, ba, bl = (c[e] for c in carry_s)
-      (acc, eb, ea), _ = jax.lax.scan(step, (acc, eb, ea), view_e)
+      # |m|^2 of every release, before the step loop: inside it XLA:CPU fused
+      # the reduction into the small per-label kernel, which then took 0.3 ms
+      # a step (results/benchmarks/trace_cpu-x86_64-2cores.md, W1).
+      mm_e = jnp.sum(view_e.messages ** 2, -1)
+      (acc, eb, ea), _ = jax.lax.scan(step, (acc, eb, ea), (view_e, mm_e))
       if bayes:
         value = (prior - acc / (2.0 * scale_s ** 2)).reshape(num_records, -1)
         chunk_best = value.max(-1)
