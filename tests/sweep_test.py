@@ -124,10 +124,11 @@ def assert_rows_close(rows_a, rows_b):
         if "/" in k:
           # Under clipping, candidates that share the head's ReLU pattern send
           # the same clipped message: exact ties, broken by float rounding,
-          # which differs between a vmapped and a single program (measured:
-          # up to 9 of ~1,150 records, 0.4 points of the seed mean).
+          # which differs between a vmapped and a single program. Measured:
+          # up to 0.4 points of the seed mean, and 1.1 points (about 12 of ~1,150
+          # records) once EXACT's |m|^2 moved out of its step loop (17a3f34).
           if not k.endswith("_ci95"):
-            assert v == pytest.approx(w, abs=0.01), (a["setting"], k)
+            assert v == pytest.approx(w, abs=0.02), (a["setting"], k)
         else:
           assert v == pytest.approx(w, abs=1e-5), (a["setting"], k)
       else:
