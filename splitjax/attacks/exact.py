@@ -145,11 +145,10 @@ def _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step, mm)
   b, c, hidden = mask.shape
   v = (mask.reshape(b * c, hidden) @ (w2[:, None] * w_h.T)).reshape(b, c, -1)  # [B, C, d]
   m = view_step.messages
-  vv = jnp.sum(v * v, -1)                                 # [B, C]
-  vm = jnp.einsum("bcd,bd->bc", v, m)
-  mm = mm[:, None]
+  vv = jnp.sum(v * v, -1)[..., None]                      # [B, C, 1]
+  vm = jnp.einsum("bcd,bd->bc", v, m)[..., None]
+  mm = mm[:, None, None]
   coef, l2 = binary_distances(logit, vv, vm, mm, clip_norm)
-  vv, vm, mm = vv[..., None], vm[..., None], mm[..., None]
   if metric == "l2":
     return l2, l2
   cos = coef * vm / jnp.maximum(jnp.abs(coef) * jnp.sqrt(vv * mm), 1e-12)
@@ -161,12 +160,11 @@ def binary_distances(logit, vv, vm, mm, clip_norm):
 
   Label y's message is a_y v with a_y = (sigmoid(logit) - y) times its clip
   factor, so the distance is a_y^2 |v|^2 - 2 a_y v.m + |m|^2: from the
-  reductions vv = |v|^2, vm = v.m, mm = |m|^2 [...], without materialising
-  the messages.
+  reductions vv = |v|^2, vm = v.m, mm = |m|^2 [..., 1] (logit [...]), without
+  materialising the messages.
   """
   sig = jax.nn.sigmoid(logit)
   coef = jnp.stack([sig, sig - 1.0], -1)
-  vv, vm, mm = vv[..., None], vm[..., None], mm[..., None]
   if not (isinstance(clip_norm, (int, float)) and clip_norm <= 0):
     norm = jnp.abs(coef) * jnp.sqrt(vv)
     factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
