@@ -328,6 +328,52 @@ def test_exact_speedups_return_the_naive_argmin(run, clip_norm, monkeypatch):
     np.testing.assert_allclose(picked, best, rtol=1e-4, atol=1e-9)
 
 
+def test_exact_ties_are_broken_the_same_way_at_every_chunk_size(run):
+  # Clipped, noised messages: many exact ties. Chunk sizes change the
+  # programs' rounding; the picks must not change. Without the tie rule
+  # (a plain argmin), 16 of 512 records differed between these chunks.
+  ds, model, views = run
+  view = jax.tree.map(lambda a: a[:8], views[-1])
+  clipped = exact.clip(view.messages, 0.05)
+  noise = 0.02 * jax.random.normal(jax.random.key(5), clipped.shape)
+  view = view._replace(messages=clipped + noise)
+  space = knowledge.candidate_space(ds.schema, ())
+  mech = knowledge.Mechanism(0.05, 0.02)
+  n = ds.train.num_examples
+  ids = np.asarray(view.ids).ravel()
+  picks = [exact.attack(model, space, mech, [view], n, chunk_candidates=c)
+           for c in (3, 7, 4096)]
+  for r in picks[1:]:
+    np.testing.assert_array_equal(r.digits[ids], picks[0].digits[ids])
+    np.testing.assert_array_equal(r.label[ids], picks[0].label[ids])
+
+
+def test_exact_picks_uniformly_among_tied_candidates(run):
+  # Clipped without noise: the true candidate's whole ReLU-pattern class
+  # matches exactly. The pick must be one of the tied minima, and not always
+  # the lowest-index one (which a plain argmin would give).
+  ds, model, views = run
+  view = jax.tree.map(lambda a: a[:8], views[-1])
+  view = view._replace(messages=exact.clip(view.messages, 0.01))
+  space = knowledge.candidate_space(ds.schema, ())
+  scores = _naive_scores(model, space, view, 0.01).reshape(-1, space.size * 2)
+  r = exact.attack(model, space, knowledge.Mechanism(0.01, 0.0), [view],
+                   ds.train.num_examples)
+  ids = np.asarray(view.ids).ravel()
+  index = (np.asarray(r.digits[ids]) @ np.array([space.radices[1], 1])) * 2 + r.label[ids]
+  scale = np.sum(np.asarray(view.messages).reshape(len(ids), -1) ** 2, -1)
+  tied = scores <= scores.min(-1, keepdims=True) + 1e-6 * scale[:, None]
+  assert tied[np.arange(len(ids)), index].all()
+  several = tied.sum(-1) > 1
+  assert several.mean() > 0.3, several.mean()
+  lowest = tied.argmax(-1)
+  # A uniform pick from k tied candidates is the lowest one with chance 1/k.
+  expected = np.mean(1.0 / tied.sum(-1)[several])
+  got = np.mean(index[several] == lowest[several])
+  se = math.sqrt(expected * (1 - expected) / several.sum())
+  assert abs(got - expected) <= 4 * se, (got, expected, se)
+
+
 @pytest.mark.parametrize("chunk_mb", [16.0, 512.0])
 def test_planned_chunks_fit_the_memory_limit(chunk_mb):
   # At the accelerator default (512 MiB) a sweep's group of 27 settings once

@@ -6,6 +6,9 @@ sent, g(c, y) = dl/dh at (h_i, c, y) under the device params it knows, passes it
 through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
 
 - EXACT: the candidate nearest one release of the message (L2 or cosine).
+  Candidates within float tolerance of the best count as tied, and a fixed
+  pseudo-random order per record picks among them (`_pick`): the same pick
+  in every program, uniform over what the attacker cannot tell apart.
   Cosine drops the message's scale, (dl/dlogit), so it cannot separate
   candidates that share the head's ReLU pattern; L2 is the default.
 - Bayesian EXACT: log p(c, y | releases) = log prior(c, y | x_s)
@@ -146,12 +149,15 @@ def _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step, mm)
   v = (mask.reshape(b * c, hidden) @ (w2[:, None] * w_h.T)).reshape(b, c, -1)  # [B, C, d]
   m = view_step.messages
   vv = jnp.sum(v * v, -1)[..., None]                      # [B, C, 1]
-  vm = jnp.einsum("bcd,bd->bc", v, m)[..., None]
-  mm = mm[:, None, None]
-  coef, l2 = binary_distances(logit, vv, vm, mm, clip_norm)
+  coef = clipped_coefficients(logit, vv, clip_norm)       # [B, C, 2]
+  # ||a_y v - m||^2 summed directly: the expanded a^2|v|^2 - 2a v.m + |m|^2
+  # loses everything below ~1e-7 |m|^2 to cancellation, so it cannot tell an
+  # exact match from a near one (`_pick`).
+  l2 = jnp.sum((coef[..., None] * v[:, :, None, :] - m[:, None, None, :]) ** 2, -1)
   if metric == "l2":
     return l2, l2
-  cos = coef * vm / jnp.maximum(jnp.abs(coef) * jnp.sqrt(vv * mm), 1e-12)
+  vm = jnp.einsum("bcd,bd->bc", v, m)[..., None]
+  cos = coef * vm / jnp.maximum(jnp.abs(coef) * jnp.sqrt(vv * mm[:, None, None]), 1e-12)
   return l2, 1.0 - cos
 
 
@@ -163,13 +169,20 @@ def binary_distances(logit, vv, vm, mm, clip_norm):
   reductions vv = |v|^2, vm = v.m, mm = |m|^2 [..., 1] (logit [...]), without
   materialising the messages.
   """
+  coef = clipped_coefficients(logit, vv, clip_norm)
+  return coef, jnp.maximum(coef * coef * vv - 2.0 * coef * vm + mm, 0.0)
+
+
+def clipped_coefficients(logit, vv, clip_norm):
+  """a_y = (sigmoid(logit) - y) times label y's clip factor, [..., 2], for a
+  one-logit head whose messages are a_y v (vv = |v|^2, [..., 1])."""
   sig = jax.nn.sigmoid(logit)
   coef = jnp.stack([sig, sig - 1.0], -1)
-  if not (isinstance(clip_norm, (int, float)) and clip_norm <= 0):
-    norm = jnp.abs(coef) * jnp.sqrt(vv)
-    factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
-    coef = coef * jnp.where(clip_norm > 0, factor, 1.0)
-  return coef, jnp.maximum(coef * coef * vv - 2.0 * coef * vm + mm, 0.0)
+  if isinstance(clip_norm, (int, float)) and clip_norm <= 0:
+    return coef
+  norm = jnp.abs(coef) * jnp.sqrt(vv)
+  factor = jnp.minimum(1.0, clip_norm / jnp.maximum(norm, 1e-12))
+  return coef * jnp.where(clip_norm > 0, factor, 1.0)
 
 
 def _step_scores(model, p, clip_norm, metric, num_labels, view_step, mm):
@@ -197,6 +210,65 @@ def _step_scores(model, p, clip_norm, metric, num_labels, view_step, mm):
   return jax.vmap(record)(view_step.h, view_step.messages, view_step.param_index)
 
 
+# Ties. Under clipping, every candidate that shares the true one's ReLU pattern
+# and label sign sends the same clipped message, so EXACT's minimum is often
+# tied exactly, and float rounding (which differs between vmapped, sharded and
+# single programs and between chunk sizes) would break the tie. Scores within
+# `_tolerance` of the best count as tied, and a fixed pseudo-random order of
+# each record's candidates picks among them: the same pick in every program,
+# and uniform over the tied set, so the reported accuracy is that of an
+# attacker who guesses among candidates it cannot tell apart.
+_RTOL, _ATOL = 1e-5, 1e-11
+
+
+def _tolerance(best, scale):
+  """Tie tolerance of an EXACT score (minus a distance) on the scale of
+  |m|^2 (L2) or 1 (cosine): rounding moves a distance d by about
+  eps sqrt(d scale), and near an exact match by ~eps^2 scale."""
+  d = jnp.maximum(-best, 0.0)
+  return _RTOL * jnp.sqrt(d * scale) + _ATOL * scale
+
+
+def _bayes_tolerance(best, scale):
+  del scale
+  return _RTOL * jnp.abs(best) + _ATOL
+
+
+def _fmix32(x):
+  """MurmurHash3's 32-bit finaliser, a bijection on uint32."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  return x ^ (x >> 16)
+
+
+def tie_order(ids, index):
+  """[B, M] uint32 rank of candidate `index` [M] for record `ids` [B]:
+  distinct within a record, independent of chunking and programs."""
+  return _fmix32(_fmix32(ids.astype(jnp.uint32))[:, None] + index.astype(jnp.uint32)[None, :])
+
+
+def _pick(value, index, ids, scale, tolerance):
+  """(best value, its index, its tie rank) [B] of value [B, M] (higher is
+  better): the lowest tie rank among the values within tolerance of the best."""
+  best = value.max(-1)
+  rank = jnp.where(value >= (best - tolerance(best, scale))[:, None],
+                   tie_order(ids, index), jnp.uint32(0xFFFFFFFF))
+  j = rank.argmin(-1)
+  return best, index[j], jnp.take_along_axis(rank, j[:, None], -1)[:, 0]
+
+
+def _merge(old, new, scale, tolerance):
+  """The better of two (value, index, rank) picks; within tolerance, the
+  lower rank."""
+  (v0, i0, r0), (v1, i1, r1) = old, new
+  top = jnp.maximum(v0, v1)
+  tol = tolerance(top, scale)
+  take = (v1 > v0 + tol) | ((jnp.abs(v1 - v0) <= tol) & (r1 < r0))
+  return top, jnp.where(take, i1, i0), jnp.where(take, r1, r0)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "space", "metric", "chunk",
                                               "num_records", "bayes", "block"),
                    donate_argnums=(0,))
@@ -205,16 +277,16 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
   """Folds one candidate chunk into every setting's and epoch's running best.
 
   views: per-epoch ServerViews with a leading [all settings] axis; select [S]:
-  the settings to attack. carry: (EXACT best, EXACT index, Bayes best, Bayes
-  index, Bayes log-sum-exp), each [S, E, N]; scores are maximised (EXACT's is
-  minus the distance).
+  the settings to attack. carry: (EXACT best, index, tie rank, Bayes best,
+  index, tie rank, Bayes log-sum-exp), each [S, E, N]; scores are maximised
+  (EXACT's is minus the distance).
   """
   k = space.num_labels
   index = start + jnp.arange(chunk)
   valid = index < space.size
   digits = space.digits(jnp.minimum(index, space.size - 1))
   p = space.encode(digits)
-  offset = start * k
+  pair_index = start * k + jnp.arange(chunk * k, dtype=jnp.int32)  # candidate x label
   if bayes:
     cat_tables, label_table = log_prior
     prior = label_table[:, None, :]
@@ -225,18 +297,17 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
   def one_setting(carry_s, setting, clip_s, scale_s):
     def step(state, xs):
       vs, mm = xs
-      acc, best, arg = state
+      acc, best = state
       l2, match = _step_scores(model, p, clip_s, metric, k, vs, mm)
       match = jnp.where(valid[None, :, None], match, jnp.inf).reshape(match.shape[0], -1)
-      new_best = -match.min(-1)
-      new_arg = match.argmin(-1).astype(jnp.int32) + offset
-      old_best, old_arg = best[vs.ids], arg[vs.ids]
-      better = new_best > old_best
-      best = best.at[vs.ids].set(jnp.where(better, new_best, old_best))
-      arg = arg.at[vs.ids].set(jnp.where(better, new_arg, old_arg))
+      scale = mm if metric == "l2" else jnp.ones_like(mm)
+      new = _pick(-match, pair_index, vs.ids, scale, _tolerance)
+      old = tuple(b[vs.ids] for b in best)
+      best = tuple(b.at[vs.ids].set(x)
+                   for b, x in zip(best, _merge(old, new, scale, _tolerance)))
       if bayes:
         acc = acc.at[vs.ids].add(l2)
-      return (acc, best, arg), None
+      return (acc, best), None
 
     acc = jnp.zeros((num_records, chunk, k) if bayes else (), jnp.float32)
     outs = []
@@ -244,20 +315,19 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
     # stacked copy); this setting's slice is taken here.
     for e, view in enumerate(views):
       view_e = jax.tree.map(lambda a: a[setting], view)
-      eb, ea, bb, ba, bl = (c[e] for c in carry_s)
+      ex, bx, bl = (tuple(c[e] for c in carry_s[i:j]) for i, j in ((0, 3), (3, 6), (6, 7)))
       # |m|^2 of every release, before the step loop: inside it XLA:CPU fused
       # the reduction into the small per-label kernel, which then took 0.3 ms
       # a step (results/benchmarks/trace_cpu-x86_64-2cores.md, W1).
       mm_e = jnp.sum(view_e.messages ** 2, -1)
-      (acc, eb, ea), _ = jax.lax.scan(step, (acc, eb, ea), (view_e, mm_e))
+      (acc, ex), _ = jax.lax.scan(step, (acc, ex), (view_e, mm_e))
       if bayes:
         value = (prior - acc / (2.0 * scale_s ** 2)).reshape(num_records, -1)
-        chunk_best = value.max(-1)
-        chunk_arg = value.argmax(-1).astype(jnp.int32) + offset
-        better = chunk_best > bb
-        bb, ba = jnp.where(better, chunk_best, bb), jnp.where(better, chunk_arg, ba)
-        bl = jnp.logaddexp(bl, jax.nn.logsumexp(value, axis=-1))
-      outs.append((eb, ea, bb, ba, bl))
+        ones = jnp.ones(num_records)
+        new = _pick(value, pair_index, jnp.arange(num_records), ones, _bayes_tolerance)
+        bx = _merge(bx, new, ones, _bayes_tolerance)
+        bl = (jnp.logaddexp(bl[0], jax.nn.logsumexp(value, axis=-1)),)
+      outs.append(ex + bx + bl)
     return tuple(jnp.stack(x) for x in zip(*outs))
 
   # Settings go through in blocks of `block`, vmapped within a block, so the
@@ -296,9 +366,9 @@ def check_memory(space: CandidateSpace, num_records: int, batch: int,
 @functools.partial(jax.jit, static_argnames=("shape",))
 def _empty_carry(shape):
   """The running bests before any chunk, in one dispatch."""
-  return (jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32),
-          jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32),
-          jnp.full(shape, -jnp.inf))
+  pick = (jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32),
+          jnp.full(shape, 0xFFFFFFFF, jnp.uint32))
+  return pick + pick + (jnp.full(shape, -jnp.inf),)
 
 
 @jax.jit
@@ -307,11 +377,11 @@ def _with_setting_axis(views):
 
 
 def default_chunk_mb() -> float:
-  """The per-step buffer target when none is given: 16 MiB on a CPU (buffers
-  re-touched every step stay in cache; ~100 MiB ran 1.7x slower), 512 MiB on
-  an accelerator, where larger steps mean fewer, fuller kernels
-  (benchmarks/exact_chunks.py measures both)."""
-  return 16.0 if jax.devices()[0].platform == "cpu" else 512.0
+  """The per-step buffer target when none is given: 32 MiB on a CPU (buffers
+  re-touched every step stay in cache; 16 and 64 MiB ran 5-10 % slower,
+  ~100 MiB 1.7x slower), 512 MiB on an accelerator, where larger steps mean
+  fewer, fuller kernels (benchmarks/exact_chunks.py measures both)."""
+  return 32.0 if jax.devices()[0].platform == "cpu" else 512.0
 
 
 def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
@@ -321,7 +391,7 @@ def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
 
   The chunk is as large as chunk_candidates allows while one step's
   intermediates stay near chunk_mb (they are re-touched every step: on CPU,
-  ~16 MiB ran 1.7x faster than ~100 MiB) and all buffers within max_chunk_mb;
+  ~32 MiB ran 1.7x faster than ~100 MiB) and all buffers within max_chunk_mb;
   it is then evened out so the last chunk is not mostly padding. Settings are
   vmapped in blocks only while the step buffers still fit chunk_mb and all
   of a block's buffers max_chunk_mb.
@@ -408,7 +478,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
                    num_settings, num_epochs, (now - start) / (i + 1) * (num_chunks - i - 1))
   # One device_get for everything the host needs (the copies overlap), and
   # only the Bayes sums when Bayes ran: on a GPU each transfer costs a sync.
-  ex_best, ex_arg, *bayes_out = carry if bayes else carry[:2]
+  ex_best, ex_arg, _, b_best, b_arg, _, b_lse = carry
+  bayes_out = (b_best, b_arg, b_lse) if bayes else ()
   ex_best, ex_arg, bayes_out, all_ids = jax.device_get(
       (ex_best, ex_arg, bayes_out, [v.ids for v in views]))
   released = np.zeros(shape, bool)
