@@ -121,9 +121,10 @@ def w1_setup(tfds_dir=None, steps: int = 16):
 def w1_flops_per_combination(model) -> float:
   """FLOPs of one (record, private combination), both labels: the message
   direction v = (relu'(pre) * w2) @ W_h^T (2 H d), the pre-activation, mask,
-  logit (4 H) and the two reductions of v (4 d)."""
+  logit (4 H), |v|^2 (2 d) and both labels' ||a_y v - m||^2 summed
+  directly (6 d)."""
   h, d = model.head.hidden[0], model.server.cut_dim
-  return 2 * h * d + 4 * h + 4 * d
+  return 2 * h * d + 4 * h + 8 * d
 
 
 def w1_batched(model, space, view, n, repeats):

@@ -218,20 +218,27 @@ def _step_scores(model, p, clip_norm, metric, num_labels, view_step, mm):
 # each record's candidates picks among them: the same pick in every program,
 # and uniform over the tied set, so the reported accuracy is that of an
 # attacker who guesses among candidates it cannot tell apart.
-_RTOL, _ATOL = 1e-5, 1e-11
+_RTOL = 1e-5
 
 
 def _tolerance(best, scale):
-  """Tie tolerance of an EXACT score (minus a distance) on the scale of
-  |m|^2 (L2) or 1 (cosine): rounding moves a distance d by about
-  eps sqrt(d scale), and near an exact match by ~eps^2 scale."""
+  """Tie tolerance of an L2 score (minus the distance d; scale = |m|^2).
+  Rounding moves d by about eps sqrt(d |m|^2), and an exact match, summed
+  directly, by ~eps^2 |m|^2."""
   d = jnp.maximum(-best, 0.0)
-  return _RTOL * jnp.sqrt(d * scale) + _ATOL * scale
+  return _RTOL * jnp.sqrt(d * scale) + 1e-11 * scale
+
+
+def _cosine_tolerance(best, scale):
+  """Tie tolerance of a cosine score (minus 1 - cos; scale unused): cos is
+  rounded to ~1e-7 everywhere."""
+  del scale
+  return _RTOL * jnp.sqrt(jnp.maximum(-best, 0.0)) + 1e-6
 
 
 def _bayes_tolerance(best, scale):
   del scale
-  return _RTOL * jnp.abs(best) + _ATOL
+  return _RTOL * jnp.abs(best) + 1e-11
 
 
 def _fmix32(x):
@@ -300,11 +307,10 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
       acc, best = state
       l2, match = _step_scores(model, p, clip_s, metric, k, vs, mm)
       match = jnp.where(valid[None, :, None], match, jnp.inf).reshape(match.shape[0], -1)
-      scale = mm if metric == "l2" else jnp.ones_like(mm)
-      new = _pick(-match, pair_index, vs.ids, scale, _tolerance)
+      tol = _tolerance if metric == "l2" else _cosine_tolerance
+      new = _pick(-match, pair_index, vs.ids, mm, tol)
       old = tuple(b[vs.ids] for b in best)
-      best = tuple(b.at[vs.ids].set(x)
-                   for b, x in zip(best, _merge(old, new, scale, _tolerance)))
+      best = tuple(b.at[vs.ids].set(x) for b, x in zip(best, _merge(old, new, mm, tol)))
       if bayes:
         acc = acc.at[vs.ids].add(l2)
       return (acc, best), None
