@@ -150,7 +150,7 @@ def report(out, repeats) -> str:
                  f"{100 * x['floor']:.1f} % | {x['reference']} | "
                  f"{x['reference_seconds']:.4f} | {x['ratio']:.1f}x |")
   lines += ["", "FLOP floor reached = (the workload's FLOPs / the measured matmul "
-            "rate) / its time. FLOP counts: W1 2Hd + 4H + 4d per record and private "
+            "rate) / its time. FLOP counts: W1 2Hd + 4H + 8d per record and private "
             "combination (both labels); W2/W3 6 x Dense MACs per example (forward + "
             "backward, both towers); W4 6 (P H + H d) per record-restart-iteration.", ""]
   if out["torch"] is None:
