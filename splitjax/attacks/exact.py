@@ -221,23 +221,19 @@ def _step_scores(model, p, clip_norm, metric, num_labels, view_step, mm):
 _RTOL = 1e-5
 
 
-def _tolerance(best, scale):
-  """Tie tolerance of an L2 score (minus the distance d; scale = |m|^2).
-  Rounding moves d by about eps sqrt(d |m|^2), and an exact match, summed
-  directly, by ~eps^2 |m|^2."""
-  d = jnp.maximum(-best, 0.0)
-  return _RTOL * jnp.sqrt(d * scale) + 1e-11 * scale
+def _tolerance(metric: str, mm):
+  """The tie tolerance of EXACT's scores (minus the distance) for records
+  with |m|^2 = mm, as a function of the best score.
+
+  L2: rounding moves a distance d by about eps sqrt(d |m|^2), and an exact
+  match, summed directly, by ~eps^2 |m|^2. Cosine: cos is rounded to ~1e-7.
+  """
+  if metric == "l2":
+    return lambda best: _RTOL * jnp.sqrt(jnp.maximum(-best, 0.0) * mm) + 1e-11 * mm
+  return lambda best: _RTOL * jnp.sqrt(jnp.maximum(-best, 0.0)) + 1e-6
 
 
-def _cosine_tolerance(best, scale):
-  """Tie tolerance of a cosine score (minus 1 - cos; scale unused): cos is
-  rounded to ~1e-7 everywhere."""
-  del scale
-  return _RTOL * jnp.sqrt(jnp.maximum(-best, 0.0)) + 1e-6
-
-
-def _bayes_tolerance(best, scale):
-  del scale
+def _bayes_tolerance(best):
   return _RTOL * jnp.abs(best) + 1e-11
 
 
@@ -250,28 +246,28 @@ def _fmix32(x):
   return x ^ (x >> 16)
 
 
-def tie_order(ids, index):
+def _tie_order(ids, index):
   """[B, M] uint32 rank of candidate `index` [M] for record `ids` [B]:
   distinct within a record, independent of chunking and programs."""
   return _fmix32(_fmix32(ids.astype(jnp.uint32))[:, None] + index.astype(jnp.uint32)[None, :])
 
 
-def _pick(value, index, ids, scale, tolerance):
+def _pick(value, index, ids, tolerance):
   """(best value, its index, its tie rank) [B] of value [B, M] (higher is
   better): the lowest tie rank among the values within tolerance of the best."""
   best = value.max(-1)
-  rank = jnp.where(value >= (best - tolerance(best, scale))[:, None],
-                   tie_order(ids, index), jnp.uint32(0xFFFFFFFF))
+  rank = jnp.where(value >= (best - tolerance(best))[:, None],
+                   _tie_order(ids, index), jnp.uint32(0xFFFFFFFF))
   j = rank.argmin(-1)
   return best, index[j], jnp.take_along_axis(rank, j[:, None], -1)[:, 0]
 
 
-def _merge(old, new, scale, tolerance):
+def _merge(old, new, tolerance):
   """The better of two (value, index, rank) picks; within tolerance, the
   lower rank."""
   (v0, i0, r0), (v1, i1, r1) = old, new
   top = jnp.maximum(v0, v1)
-  tol = tolerance(top, scale)
+  tol = tolerance(top)
   take = (v1 > v0 + tol) | ((jnp.abs(v1 - v0) <= tol) & (r1 < r0))
   return top, jnp.where(take, i1, i0), jnp.where(take, r1, r0)
 
@@ -307,10 +303,10 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
       acc, best = state
       l2, match = _step_scores(model, p, clip_s, metric, k, vs, mm)
       match = jnp.where(valid[None, :, None], match, jnp.inf).reshape(match.shape[0], -1)
-      tol = _tolerance if metric == "l2" else _cosine_tolerance
-      new = _pick(-match, pair_index, vs.ids, mm, tol)
+      tol = _tolerance(metric, mm)
+      new = _pick(-match, pair_index, vs.ids, tol)
       old = tuple(b[vs.ids] for b in best)
-      best = tuple(b.at[vs.ids].set(x) for b, x in zip(best, _merge(old, new, mm, tol)))
+      best = tuple(b.at[vs.ids].set(x) for b, x in zip(best, _merge(old, new, tol)))
       if bayes:
         acc = acc.at[vs.ids].add(l2)
       return (acc, best), None
@@ -321,7 +317,8 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
     # stacked copy); this setting's slice is taken here.
     for e, view in enumerate(views):
       view_e = jax.tree.map(lambda a: a[setting], view)
-      ex, bx, bl = (tuple(c[e] for c in carry_s[i:j]) for i, j in ((0, 3), (3, 6), (6, 7)))
+      carry_e = tuple(c[e] for c in carry_s)
+      ex, bx, bl = carry_e[:3], carry_e[3:6], carry_e[6]
       # |m|^2 of every release, before the step loop: inside it XLA:CPU fused
       # the reduction into the small per-label kernel, which then took 0.3 ms
       # a step (results/benchmarks/trace_cpu-x86_64-2cores.md, W1).
@@ -329,11 +326,10 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
       (acc, ex), _ = jax.lax.scan(step, (acc, ex), (view_e, mm_e))
       if bayes:
         value = (prior - acc / (2.0 * scale_s ** 2)).reshape(num_records, -1)
-        ones = jnp.ones(num_records)
-        new = _pick(value, pair_index, jnp.arange(num_records), ones, _bayes_tolerance)
-        bx = _merge(bx, new, ones, _bayes_tolerance)
-        bl = (jnp.logaddexp(bl[0], jax.nn.logsumexp(value, axis=-1)),)
-      outs.append(ex + bx + bl)
+        new = _pick(value, pair_index, jnp.arange(num_records), _bayes_tolerance)
+        bx = _merge(bx, new, _bayes_tolerance)
+        bl = jnp.logaddexp(bl, jax.nn.logsumexp(value, axis=-1))
+      outs.append(ex + bx + (bl,))
     return tuple(jnp.stack(x) for x in zip(*outs))
 
   # Settings go through in blocks of `block`, vmapped within a block, so the
