@@ -233,8 +233,13 @@ def _tolerance(metric: str, mm):
   return lambda best: _RTOL * jnp.sqrt(jnp.maximum(-best, 0.0)) + 1e-6
 
 
-def _bayes_tolerance(best):
-  return _RTOL * jnp.abs(best) + 1e-11
+def _bayes_tolerance(acc, mm_sum, scale):
+  """The tie tolerance of Bayes's log posterior prior - acc / (2 scale^2),
+  as a function of the best: the prior's rounding, plus that of the summed
+  distances, bounded as EXACT's for a best candidate whose summed distance
+  is `acc` over releases with summed |m|^2 `mm_sum` (all [N])."""
+  acc_tol = _RTOL * jnp.sqrt(acc * mm_sum) + 1e-11 * mm_sum
+  return lambda best: _RTOL * jnp.abs(best) + acc_tol / (2.0 * scale ** 2)
 
 
 def _fmix32(x):
@@ -312,6 +317,7 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
       return (acc, best), None
 
     acc = jnp.zeros((num_records, chunk, k) if bayes else (), jnp.float32)
+    mm_sum = jnp.zeros(num_records if bayes else (), jnp.float32)
     outs = []
     # Epochs unrolled: each epoch's view stays where training left it (no
     # stacked copy); this setting's slice is taken here.
@@ -326,8 +332,12 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
       (acc, ex), _ = jax.lax.scan(step, (acc, ex), (view_e, mm_e))
       if bayes:
         value = (prior - acc / (2.0 * scale_s ** 2)).reshape(num_records, -1)
-        new = _pick(value, pair_index, jnp.arange(num_records), _bayes_tolerance)
-        bx = _merge(bx, new, _bayes_tolerance)
+        mm_sum = mm_sum.at[view_e.ids.reshape(-1)].add(mm_e.reshape(-1))
+        top = value.argmax(-1)[:, None]
+        acc_top = jnp.take_along_axis(acc.reshape(num_records, -1), top, -1)[:, 0]
+        tol = _bayes_tolerance(acc_top, mm_sum, scale_s)
+        new = _pick(value, pair_index, jnp.arange(num_records), tol)
+        bx = _merge(bx, new, tol)
         bl = jnp.logaddexp(bl, jax.nn.logsumexp(value, axis=-1))
       outs.append(ex + bx + (bl,))
     return tuple(jnp.stack(x) for x in zip(*outs))
