@@ -64,13 +64,10 @@ def summarize(path: str, top: int) -> str:
         lines.append(f"-- {process}, kernels only: {len(kernels)} events, "
                      f"{sum(e['dur'] for e in kernels) / 1e3:.2f} ms summed over threads")
         lines += _top(kernels, top)
-    total = collections.Counter()
-    for e in evs:
-      total[e["name"]] += e["dur"]
     head = f"-- {process}: {len(evs)} events"
     if "device" in process:
       span = max(e["ts"] + e["dur"] for e in evs) - min(e["ts"] for e in evs)
-      head += (f", kernel time {sum(total.values()) / 1e3:.2f} ms over a span of "
+      head += (f", kernel time {sum(e['dur'] for e in evs) / 1e3:.2f} ms over a span of "
                f"{span / 1e3:.2f} ms")
     lines.append(head)
     lines += _top(evs, top)

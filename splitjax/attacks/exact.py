@@ -162,15 +162,16 @@ def _scores_one_layer_binary(model, params, p, clip_norm, metric, view_step, mm)
 
 
 def binary_distances(logit, vv, vm, mm, clip_norm):
-  """(a, ||a_y v - m||^2) for both labels y of a one-logit head, [..., 2].
+  """||a_y v - m||^2 for both labels y of a one-logit head, [..., 2].
 
   Label y's message is a_y v with a_y = (sigmoid(logit) - y) times its clip
   factor, so the distance is a_y^2 |v|^2 - 2 a_y v.m + |m|^2: from the
   reductions vv = |v|^2, vm = v.m, mm = |m|^2 [..., 1] (logit [...]), without
-  materialising the messages.
+  materialising the messages. Cancellation hides distances below ~1e-7 |m|^2:
+  enough for the optimiser's loss; EXACT sums its distances directly.
   """
   coef = clipped_coefficients(logit, vv, clip_norm)
-  return coef, jnp.maximum(coef * coef * vv - 2.0 * coef * vm + mm, 0.0)
+  return jnp.maximum(coef * coef * vv - 2.0 * coef * vm + mm, 0.0)
 
 
 def clipped_coefficients(logit, vv, clip_norm):
@@ -188,7 +189,7 @@ def clipped_coefficients(logit, vv, clip_norm):
 def _step_scores(model, p, clip_norm, metric, num_labels, view_step, mm):
   """L2 distances and match scores [B, C, K] of one step's records against a
   candidate chunk p [C, P]; mm [B] is |m|^2 of the step's messages (the
-  written-out path's distances use it)."""
+  written-out path's cosine uses it)."""
   params_all = view_step.device_params  # leading axis P (clients)
   shared = jax.tree.leaves(params_all)[0].shape[0] == 1  # SL, stale FSL
   if shared and one_layer_binary(model):

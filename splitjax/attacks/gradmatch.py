@@ -88,7 +88,7 @@ def _loss(model, params, rec_pre, w_h, p, m, mech, num_labels, beta):
     w2 = out["kernel"][:, 0]
     v = (slope * w2) @ w_h.T
     d = exact.binary_distances(act @ w2 + out["bias"][0], (v @ v)[None], (v @ m)[None],
-                               (m @ m)[None], mech.clip_norm)[1]
+                               (m @ m)[None], mech.clip_norm)
   else:
     act = (jax.nn.relu if beta is None
            else (lambda x: jax.nn.softplus(beta * x) / beta))
