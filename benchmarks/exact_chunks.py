@@ -60,7 +60,7 @@ def main(argv):
       [f"# EXACT (W1) vs chunk size: {name}", "",
        f"Command: `python -m benchmarks.exact_chunks --chunk_mb={','.join(_CHUNK_MB.value)} "
        f"--repeats={_REPEATS.value}`  ",
-       f"jax {jax.__version__}; commit {workdir.git_commit()}; default chunk_mb here: "
+       f"{w.machine_line()}; commit {workdir.git_commit()}; default chunk_mb here: "
        f"{exact.default_chunk_mb():g}. Median of {_REPEATS.value} timed runs after a "
        "warm-up, each the whole exact.attack call (host transfers included).", "",
        "| chunk_mb | candidates per chunk | chunks | ms | device part ms | candidates/s |",

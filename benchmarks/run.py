@@ -9,7 +9,7 @@ ratio to two references in the same process: (i) a Python loop over records,
 steps or settings calling a jitted function, and (ii) when torch imports, the
 PyTorch implementation of the same workload in benchmarks/torch_reference.py
 (torch is not a dependency of splitjax). Writes <out_dir>/<device>.md and .json, where <device>
-is e.g. cpu-x86_64-2cores or the GPU's kind. On a CPU,
+is e.g. cpu-amd-epyc-family26-2cores (the CPU's model) or the GPU's kind. On a CPU,
 XLA_FLAGS=--xla_force_host_platform_device_count=<cores> makes one JAX device
 per core, and the sweep's settings and EXACT's records spread over them
 (<device> then ends in -<n>devices).
@@ -38,7 +38,8 @@ def main(argv):
   del argv
   r = _REPEATS.value
   use_torch = _TORCH.value and tr.available()
-  out = {"device": w.device_name(), "jax": jax.__version__, "repeats": r,
+  out = {"device": w.device_name(), "machine": w.machine_line(),
+         "jax": jax.__version__, "repeats": r,
          "local_devices": jax.local_device_count(), "commit": workdir.git_commit(),
          "torch": tr.describe() if use_torch else None}
   out["matmul_flops"] = w.matmul_rate()
@@ -138,7 +139,7 @@ def report(out, repeats) -> str:
            f"Command: `{'XLA_FLAGS=' + flags_env + ' ' if flags_env else ''}"
            f"python -m benchmarks.run --repeats={repeats}"
            + (f" --only={','.join(_ONLY.value)}`" if len(_ONLY.value) < 4 else "`") + "  ",
-           f"jax {out['jax']}, {out['local_devices']} device(s); commit {out['commit']}  ",
+           f"{out['machine']}; commit {out['commit']}  ",
            f"Measured in the same run: fp32 matmul {peak / 1e9:.1f} GFLOP/s "
            f"({w.matmul_size()}^2), copy {out['copy_bytes_per_s'] / 1e9:.1f} GB/s "
            f"(256 MiB, reused buffer). Median of {repeats} timed runs after a warm-up.", "",

@@ -13,9 +13,7 @@ largest difference between the two drivers' test AUCs.
 """
 
 import os
-import platform
 
-import jax
 from absl import app, flags
 
 from benchmarks import workloads as w
@@ -31,15 +29,12 @@ def main(argv):
   vmapped, sequential, diff, _ = w.w3(spec, ds, _REPEATS.value)
   n = len(w.w3_rows())
   examples = spec.examples_per_epoch * n
-  device = jax.devices()[0]
   text = "\n".join([
       "# Sweep throughput: one vmapped group vs one setting at a time",
       "",
       f"Command: `{'XLA_FLAGS=' + os.environ['XLA_FLAGS'] + ' ' if os.environ.get('XLA_FLAGS') else ''}"
       f"python -m benchmarks.sweep_throughput --repeats={_REPEATS.value}`  ",
-      f"Machine: {device.platform} {getattr(device, 'device_kind', '')}, "
-      f"{platform.machine()}, {jax.local_device_count()} device(s), jax "
-      f"{jax.__version__}; commit {workdir.git_commit()}  ",
+      f"{w.machine_line()}; commit {workdir.git_commit()}  ",
       f"Workload: {n} settings (sigma {', '.join(f'{s:g}' for s in w.SIGMAS)} x seeds "
       f"{', '.join(map(str, w.SEEDS))}, clip norm {w.CLIP}), Adult SL, batch "
       f"{spec.batch_size}, 1 epoch ({spec.examples_per_epoch:,} examples per setting) "

@@ -22,6 +22,7 @@ import functools
 import math
 import os
 import platform
+import re
 import statistics
 import time
 
@@ -68,13 +69,49 @@ def row(seed=0, sigma=0.0, clip=0.0):
 # --- Machine ---------------------------------------------------------------
 
 
+def cpu_model() -> tuple[str, str]:
+  """(model name, family) of this CPU from /proc/cpuinfo; ('', '') elsewhere.
+
+  The project's VMs have not always had the same host CPU (Intel Xeon until
+  2026-11-25, AMD EPYC family 26 on 2026-12-03), and the ratios differ
+  between them, so every figure names the CPU it ran on.
+  """
+  fields = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+  except OSError:
+    pass
+  return fields.get("model name", ""), fields.get("cpu family", "")
+
+
 def device_name() -> str:
-  """e.g. cpu-x86_64-2cores[-2devices], or the accelerator's kind."""
+  """e.g. cpu-amd-epyc-family26-2cores[-2devices], or the accelerator's kind.
+
+  (The CPU files committed before 2026-12-03 are named cpu-x86_64-2cores:
+  that VM had an Intel Xeon.)
+  """
   d = jax.devices()[0]
   if d.platform == "cpu":
-    name = f"cpu-{platform.machine()}-{os.cpu_count()}cores"
+    model, family = cpu_model()
+    slug = re.sub(r"\(r\)|\(tm\)|\bcpu\b|\bprocessor\b|@.*", "", model.lower())
+    slug = re.sub(r"[^a-z0-9]+", "-", slug).strip("-") or platform.machine()
+    name = f"cpu-{slug}{f'-family{family}' if family else ''}-{os.cpu_count()}cores"
     return name + (f"-{jax.device_count()}devices" if jax.device_count() > 1 else "")
   return d.device_kind.lower().replace(" ", "-")
+
+
+def machine_line() -> str:
+  """One line naming the machine, for every benchmark page."""
+  d = jax.devices()[0]
+  if d.platform == "cpu":
+    model, family = cpu_model()
+    what = f"{model or platform.processor() or 'CPU'}{f' (family {family})' if family else ''}"
+    return (f"Machine: {what}, {platform.machine()}, {os.cpu_count()} cores, "
+            f"{jax.device_count()} JAX device(s), jax {jax.__version__}")
+  return f"Machine: {d.device_kind}, {jax.device_count()} device(s), jax {jax.__version__}"
 
 
 def matmul_size() -> int:
