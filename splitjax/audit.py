@@ -15,6 +15,27 @@ most likely value) gives a ceiling and the ceilings are averaged. With label
 DP the label's ceiling is the tighter of the two. A measured accuracy whose
 95 % Wilson interval lies wholly above its ceiling is a violation: a bug in
 the mechanism, the accountant or the attack.
+
+The prior is conditional on everything outside the mechanism's neighbouring
+relation, which the attacker may know (Hayes et al. fix the rest of the data
+set). The Gaussian releases protect a record's whole (x_p, y), so their
+kappa_i is the prior given x_s. Randomized response protects y alone: the
+record's x_p lies outside it, and the messages may reveal x_p exactly (they
+do without noise), so the label's randomized-response kappa_i is the prior
+given x_s and x_p. The prior given x_s alone would make that ceiling too
+tight wherever x_p predicts y.
+
+What the ceilings cover: the messages and randomized response, as accounted
+(splitjax/accounting.py). Under white-box or stale knowledge the server also
+holds the device params, which the device updates from its batches' exact
+(un-noised) gradients; from the step after a record's first release they
+depend on its (x_p, y) through a channel no epsilon here covers (SPEC §4
+accounts the messages, as the paper does). The attacks here read those params
+only to compute candidate messages, not their updates, so they are held to
+the message mechanism's ceilings; an attack that read the updates could
+exceed them without a bug. Under label DP the device trains on the noisy
+labels, so its params depend on y only through randomized response too, and
+the label's randomized-response ceiling covers them.
 """
 
 from __future__ import annotations
@@ -68,18 +89,22 @@ def check(accuracy: float, n: int, ceiling: float) -> dict:
 
 
 def ceilings(kappas: dict[str, np.ndarray], mu: float, label_epsilon: float,
+             label_kappa_given_private: np.ndarray,
              label_name: str = "label") -> dict[str, float]:
   """The ceiling of every private attribute and the label.
 
   Args:
-    kappas: attribute -> per-record prior success probability kappa_i.
+    kappas: attribute -> per-record prior success probability kappa_i given
+      x_s (the Gaussian ceilings' prior).
     mu: mu-GDP of the cut-layer releases so far (inf = no guarantee).
     label_epsilon: epsilon of label randomized response (inf = none).
+    label_kappa_given_private: [records] the label's kappa_i given x_s and
+      x_p, the randomized-response ceiling's prior (module docstring).
   """
   out = {}
   for name, kappa in kappas.items():
     c = gaussian_ceiling(kappa, mu)
     if name == label_name:
-      c = min(c, dp_ceiling(kappa, label_epsilon))
+      c = min(c, dp_ceiling(label_kappa_given_private, label_epsilon))
     out[name] = c
   return out

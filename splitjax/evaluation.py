@@ -130,6 +130,7 @@ class AttackContext:
   prior_pred: baselines.Prediction
   server_model: baselines.Prediction
   kappa: dict[str, np.ndarray]
+  label_kappa_given_private: np.ndarray  # the label-DP ceiling's prior (audit)
   names: tuple[str, ...]  # the attacks to run
 
   @property
@@ -164,8 +165,32 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
   kappa = {f.name: np.exp(np.asarray(t).max(-1))
            for f, t in zip(schema.private_categorical, sm.log_probs[0])}
   kappa["label"] = np.exp(np.asarray(sm.log_probs[1]).max(-1))
+  label_kappa = label_kappa_given_private(dataset.train, aux, schema, c,
+                                          config.attack.aux_seed)
   return AttackContext(config, schema, model, dataset.train, server, aux, targets,
-                       space, prior_pred, sm, kappa, names)
+                       space, prior_pred, sm, kappa, label_kappa, names)
+
+
+def label_kappa_given_private(records: Arrays, aux: knowledge.AuxSample, schema,
+                              server_model_config, seed: int) -> np.ndarray:
+  """kappa_i of the label given x_s and x_p, for every record [N]: the
+  randomized-response ceiling's prior (splitjax/audit.py), from a classifier
+  like the server model's fitted on the auxiliary sample with x_p as inputs too.
+
+  It reads the records' own x_p: it is the audit's prior, fixed by the
+  evaluator, and never reaches an attack.
+  """
+  c = server_model_config
+  vocab = ([f.vocab_size for f in schema.server_categorical]
+           + [f.vocab_size for f in schema.private_categorical])
+  both = lambda r: (jnp.concatenate([jnp.asarray(r.x_s_cat), jnp.asarray(r.x_p_cat)], 1),
+                    jnp.concatenate([jnp.asarray(r.x_s_num), jnp.asarray(r.x_p_num)], 1))
+  no_features = (jnp.zeros((aux.y.shape[0], 0), jnp.int32),
+                 jnp.zeros((aux.y.shape[0], 0), jnp.float32), aux.y)
+  _, _, label = baselines.fit_classifier(
+      both(aux), vocab, no_features, (), schema.num_classes, both(records),
+      hidden=c.hidden, num_steps=c.num_steps, learning_rate=c.learning_rate, seed=seed)
+  return np.exp(np.asarray(label).max(-1))
 
 
 def attack_settings(ctx: AttackContext, views: list, select: list[int],
@@ -233,7 +258,8 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
           if name in per:
             per[name]["seconds_per_setting_all_epochs"] = ex_seconds
       caps = audit.ceilings({k: v[mask] for k, v in ctx.kappa.items()},
-                            accounting[s][epoch - 1]["mu_gdp"], mechs[s]["label_epsilon"])
+                            accounting[s][epoch - 1]["mu_gdp"], mechs[s]["label_epsilon"],
+                            ctx.label_kappa_given_private[mask])
       violations += _audit(per, caps, epoch)
       per["ceilings"] = caps
       per_epoch[str(epoch)] = per

@@ -1,13 +1,15 @@
 """Audit: ceilings from trade-off functions; a planted cheat is flagged."""
 
 import math
+import types
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
 
-from splitjax import audit, evaluation
-from splitjax.attacks import exact
+from splitjax import audit, data, evaluation
+from splitjax.attacks import exact, knowledge
 from conftest import small_config
 
 
@@ -27,9 +29,41 @@ def test_dp_ceiling():
 
 def test_label_ceiling_is_the_tighter_one():
   k = {"label": np.full(10, 0.5), "sex": np.full(10, 0.5)}
-  caps = audit.ceilings(k, mu=4.0, label_epsilon=0.5)
-  assert caps["label"] == pytest.approx(audit.dp_ceiling(k["label"], 0.5))
+  given_private = np.full(10, 0.6)
+  caps = audit.ceilings(k, mu=4.0, label_epsilon=0.5, label_kappa_given_private=given_private)
+  assert caps["label"] == pytest.approx(audit.dp_ceiling(given_private, 0.5))
   assert caps["sex"] == pytest.approx(audit.gaussian_ceiling(k["sex"], 4.0))
+  loose = audit.ceilings(k, mu=0.1, label_epsilon=0.5, label_kappa_given_private=given_private)
+  assert loose["label"] == pytest.approx(audit.gaussian_ceiling(k["label"], 0.1))
+
+
+def test_label_dp_ceiling_takes_the_prior_given_the_private_features():
+  """Randomized response protects y alone, so an attacker that reads x_p from
+  the messages (label DP only, no noise: mu = inf) and predicts y from it is
+  legitimate. Here y = x_p and x_s says nothing about y: with the prior given
+  x_s (kappa 0.5) the ceiling at eps 0 would be 0.5 and flag that attacker;
+  with the prior given x_s and x_p it is ~1."""
+  rng = np.random.default_rng(0)
+  n, num_aux = 4000, 400
+  x_s_cat = rng.integers(0, 3, (n, 1)).astype(np.int32)
+  x_p_cat = rng.integers(0, 2, (n, 1)).astype(np.int32)
+  records = data.Arrays(x_s_cat, np.zeros((n, 1), np.float32), x_p_cat,
+                        np.zeros((n, 0), np.float32), x_p_cat[:, 0].copy())
+  aux = knowledge.AuxSample(np.arange(num_aux), *(jnp.asarray(a[:num_aux]) for a in (
+      records.x_s_cat, records.x_s_num, records.x_p_cat, records.x_p_num, records.y)))
+  feature = lambda v: types.SimpleNamespace(vocab_size=v)
+  schema = types.SimpleNamespace(server_categorical=[feature(3)],
+                                 private_categorical=[feature(2)], num_classes=2)
+  c = small_config().attack.server_model
+  given_private = evaluation.label_kappa_given_private(records, aux, schema, c, 0)
+  assert given_private.shape == (n,)
+  assert given_private.min() > 0.9
+  given_server = np.full(n, 0.5)  # x_s is independent of y
+  caps = audit.ceilings({"label": given_server}, mu=math.inf, label_epsilon=0.0,
+                        label_kappa_given_private=given_private)
+  reads_x_p = audit.check(1.0, n, caps["label"])
+  assert not reads_x_p["violation"]
+  assert audit.check(1.0, n, audit.dp_ceiling(given_server, 0.0))["violation"]
 
 
 def test_planted_cheat_is_flagged_and_honest_is_not():

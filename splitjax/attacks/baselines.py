@@ -50,15 +50,17 @@ def marginal_log_probs(aux: AuxSample, num_records: int, vocab_sizes, num_labels
 
 
 class _Heads(nn.Module):
+  """One-hot categoricals and numerics in; a softmax head per categorical
+  target, a regression head for the numeric targets, and the label head out."""
   vocab_sizes: tuple[int, ...]
-  server_vocab_sizes: tuple[int, ...]
+  input_vocab_sizes: tuple[int, ...]
   num_numeric: int
   num_labels: int
   hidden: int
 
   @nn.compact
   def __call__(self, x_cat, x_num):
-    parts = [jax.nn.one_hot(x_cat[:, j], v) for j, v in enumerate(self.server_vocab_sizes)]
+    parts = [jax.nn.one_hot(x_cat[:, j], v) for j, v in enumerate(self.input_vocab_sizes)]
     x = jnp.concatenate(parts + [x_num], -1)
     if self.hidden:
       x = nn.relu(nn.Dense(self.hidden)(x))
@@ -69,23 +71,35 @@ class _Heads(nn.Module):
     return cats, num, label
 
 
-def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_sizes,
-                 num_labels: int, *, hidden: int, num_steps: int,
-                 learning_rate: float, seed: int) -> Prediction:
-  """Trains the x_s -> (x_p, y) classifier on the auxiliary sample (full batch,
-  Adam) and predicts every record from its x_s."""
-  net = _Heads(tuple(vocab_sizes), tuple(server_vocab_sizes), aux.x_p_num.shape[1],
+def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int,
+                   predict_inputs, *, hidden: int, num_steps: int, learning_rate: float,
+                   seed: int):
+  """Fits the MLP of `_Heads` (full batch, Adam) and predicts new rows.
+
+  Args:
+    inputs: (x_cat int [A, I], x_num [A, J]) of the training rows.
+    input_vocab_sizes: vocabulary of each input categorical.
+    targets: (x_cat int [A, len(vocab_sizes)], x_num [A, M], y [A]).
+    vocab_sizes, num_labels: the categorical targets' and the label's classes.
+    predict_inputs: (x_cat, x_num) of the rows to predict.
+
+  Returns:
+    ([N, V_j] log-probabilities per categorical target, [N, M] numerics,
+    [N, num_labels] label log-probabilities) for the predicted rows.
+  """
+  t_cat, t_num, y = targets
+  net = _Heads(tuple(vocab_sizes), tuple(input_vocab_sizes), t_num.shape[1],
                num_labels, hidden)
-  params = net.init(jax.random.key(seed), aux.x_s_cat[:1], aux.x_s_num[:1])
+  params = net.init(jax.random.key(seed), inputs[0][:1], inputs[1][:1])
   opt = optax.adam(learning_rate)
 
   def loss_fn(params):
-    cats, num, label = net.apply(params, aux.x_s_cat, aux.x_s_num)
-    loss = optax.softmax_cross_entropy_with_integer_labels(label, aux.y).mean()
+    cats, num, label = net.apply(params, *inputs)
+    loss = optax.softmax_cross_entropy_with_integer_labels(label, y).mean()
     for j, logits in enumerate(cats):
-      loss += optax.softmax_cross_entropy_with_integer_labels(logits, aux.x_p_cat[:, j]).mean()
-    if aux.x_p_num.shape[1]:
-      loss += jnp.mean((num - aux.x_p_num) ** 2)
+      loss += optax.softmax_cross_entropy_with_integer_labels(logits, t_cat[:, j]).mean()
+    if t_num.shape[1]:
+      loss += jnp.mean((num - t_num) ** 2)
     return loss
 
   @jax.jit
@@ -97,10 +111,21 @@ def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_s
       return (optax.apply_updates(params, updates), state), None
     (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None,
                                   length=num_steps)
-    cats, num, label = net.apply(params, server.x_s_cat, server.x_s_num)
+    cats, num, label = net.apply(params, *predict_inputs)
     return ([jax.nn.log_softmax(c) for c in cats], num, jax.nn.log_softmax(label))
 
-  cats, num, label = fit(params)
+  return fit(params)
+
+
+def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_sizes,
+                 num_labels: int, *, hidden: int, num_steps: int,
+                 learning_rate: float, seed: int) -> Prediction:
+  """Trains the x_s -> (x_p, y) classifier on the auxiliary sample (full batch,
+  Adam) and predicts every record from its x_s."""
+  cats, num, label = fit_classifier(
+      (aux.x_s_cat, aux.x_s_num), server_vocab_sizes, (aux.x_p_cat, aux.x_p_num, aux.y),
+      vocab_sizes, num_labels, (server.x_s_cat, server.x_s_num), hidden=hidden,
+      num_steps=num_steps, learning_rate=learning_rate, seed=seed)
   cat_pred = (np.stack([np.asarray(c.argmax(-1)) for c in cats], 1) if cats
               else np.zeros((label.shape[0], 0)))
   return Prediction(cat_pred.astype(np.int32), np.asarray(num, np.float32),
