@@ -101,8 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
       max_steps=0))
   c.attack.bayes = ml_collections.ConfigDict(dict(
       prior="server_model", noiseless_scale=1e-4))
+  # held_out_fraction: aux rows held out to early-stop the server model and
+  # temperature-scale its confidences, which are the audit's priors and Bayes's
+  # (splitjax/attacks/baselines.py.fit_classifier).
   c.attack.server_model = ml_collections.ConfigDict(dict(
-      hidden=64, num_steps=500, learning_rate=1e-2))
+      hidden=64, num_steps=500, learning_rate=1e-2, held_out_fraction=0.2))
   c.attack.gradmatch = ml_collections.ConfigDict(dict(
       num_restarts=16, num_steps=1000, learning_rate=0.05, max_records=1024,
       hybrid=True, beta_start=2.0, beta_end=200.0))
@@ -210,6 +213,9 @@ def check(config: ml_collections.ConfigDict) -> None:
           f"epoch {e} is outside 1..train.num_epochs={t.num_epochs}")
   _need(0 < a.aux_fraction < 1, "attack.aux_fraction",
         f"must be in (0, 1), got {a.aux_fraction}")
+  _need(0 <= a.server_model.held_out_fraction < 1,
+        "attack.server_model.held_out_fraction",
+        f"must be in [0, 1), got {a.server_model.held_out_fraction}")
   _need(a.exact.chunk_candidates > 0, "attack.exact.chunk_candidates",
         f"must be positive, got {a.exact.chunk_candidates}")
   _need(a.exact.chunk_mb >= 0, "attack.exact.chunk_mb",

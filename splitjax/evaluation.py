@@ -161,6 +161,7 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
                               [f.vocab_size for f in schema.server_categorical],
                               schema.num_classes, hidden=c.hidden,
                               num_steps=c.num_steps, learning_rate=c.learning_rate,
+                              held_out_fraction=c.held_out_fraction,
                               seed=config.attack.aux_seed)
   kappa = {f.name: np.exp(np.asarray(t).max(-1))
            for f, t in zip(schema.private_categorical, sm.log_probs[0])}
@@ -189,7 +190,8 @@ def label_kappa_given_private(records: Arrays, aux: knowledge.AuxSample, schema,
                  jnp.zeros((aux.y.shape[0], 0), jnp.float32), aux.y)
   _, _, label = baselines.fit_classifier(
       both(aux), vocab, no_features, (), schema.num_classes, both(records),
-      hidden=c.hidden, num_steps=c.num_steps, learning_rate=c.learning_rate, seed=seed)
+      hidden=c.hidden, num_steps=c.num_steps, learning_rate=c.learning_rate,
+      held_out_fraction=c.held_out_fraction, seed=seed)
   return np.exp(np.asarray(label).max(-1))
 
 

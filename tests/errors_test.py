@@ -118,6 +118,9 @@ CASES = {
     "target_epsilon_without_noise": (
         lambda t: small_config(defence__target_epsilon=1.0),
         ConfigError, r"defence.target_epsilon: needs defence.clip=True"),
+    "held_out_fraction_out_of_range": (
+        lambda t: small_config(attack__server_model__held_out_fraction=1.0),
+        ConfigError, r"attack.server_model.held_out_fraction: must be in \[0, 1\), got 1.0"),
     "fsl_clients_too_small": (
         lambda t: small_config(train__mode="fsl", fsl__num_clients=100,
                                fsl__client_batch_size=16, fsl__local_steps=2),

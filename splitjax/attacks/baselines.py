@@ -71,10 +71,32 @@ class _Heads(nn.Module):
     return cats, num, label
 
 
+def temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+  """The temperature T minimising the NLL of softmax(logits / T) on held-out
+  rows (Guo et al. 2017, temperature scaling), over a log grid in [0.1, 20]."""
+  grid = np.exp(np.linspace(np.log(0.1), np.log(20.0), 241))
+  z = logits[None] / grid[:, None, None]                       # [T, rows, classes]
+  z = z - z.max(-1, keepdims=True)
+  log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(log_probs, targets[None, :, None], -1).mean((1, 2))
+  return float(grid[np.argmin(nll)])
+
+
 def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int,
                    predict_inputs, *, hidden: int, num_steps: int, learning_rate: float,
-                   seed: int):
-  """Fits the MLP of `_Heads` (full batch, Adam) and predicts new rows.
+                   held_out_fraction: float, seed: int):
+  """Fits the MLP of `_Heads` (full batch, Adam) and predicts new rows; with
+  held-out rows, early-stopped and temperature-scaled on them.
+
+  Full-batch Adam overfits a few thousand rows: on Adult's auxiliary sample,
+  500 steps left the label's mean top probability at 0.88 against 0.80
+  accuracy on the targets, and marital-status's at 0.76 against 0.56, where
+  50 steps gave 0.82 and 0.63 accuracy. Those confidences are the audit's
+  per-record priors kappa_i and Bayesian EXACT's prior, and the predictions
+  are the server-model baseline. So a fraction of the rows is held out: the
+  params of the step with the lowest held-out loss are kept, and each softmax
+  head's logits are divided by the temperature that fits the held-out rows
+  best (which keeps each row's most likely value).
 
   Args:
     inputs: (x_cat int [A, I], x_num [A, J]) of the training rows.
@@ -82,19 +104,29 @@ def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: 
     targets: (x_cat int [A, len(vocab_sizes)], x_num [A, M], y [A]).
     vocab_sizes, num_labels: the categorical targets' and the label's classes.
     predict_inputs: (x_cat, x_num) of the rows to predict.
+    held_out_fraction: rows held out for early stopping and the temperatures
+      (0 = none: all num_steps, T = 1).
+    seed: the MLP's init and the held-out rows.
 
   Returns:
     ([N, V_j] log-probabilities per categorical target, [N, M] numerics,
     [N, num_labels] label log-probabilities) for the predicted rows.
   """
-  t_cat, t_num, y = targets
-  net = _Heads(tuple(vocab_sizes), tuple(input_vocab_sizes), t_num.shape[1],
+  rows = np.asarray(targets[2]).shape[0]
+  order = np.random.default_rng(seed).permutation(rows)
+  num_held = min(int(round(rows * held_out_fraction)), rows - 1)
+  held, fit_rows = np.sort(order[:num_held]), np.sort(order[num_held:])
+  pick = lambda tree, idx: jax.tree.map(lambda a: jnp.asarray(a)[idx], tree)
+  x, t = pick(inputs, fit_rows), pick(targets, fit_rows)
+  x_held, t_held = pick(inputs, held), pick(targets, held)
+  net = _Heads(tuple(vocab_sizes), tuple(input_vocab_sizes), t[1].shape[1],
                num_labels, hidden)
-  params = net.init(jax.random.key(seed), inputs[0][:1], inputs[1][:1])
+  params = net.init(jax.random.key(seed), x[0][:1], x[1][:1])
   opt = optax.adam(learning_rate)
 
-  def loss_fn(params):
-    cats, num, label = net.apply(params, *inputs)
+  def loss_fn(params, x, t):
+    t_cat, t_num, y = t
+    cats, num, label = net.apply(params, *x)
     loss = optax.softmax_cross_entropy_with_integer_labels(label, y).mean()
     for j, logits in enumerate(cats):
       loss += optax.softmax_cross_entropy_with_integer_labels(logits, t_cat[:, j]).mean()
@@ -104,28 +136,48 @@ def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: 
 
   @jax.jit
   def fit(params):
+    # With held-out rows, the params of the step with the lowest held-out loss
+    # are kept (early stopping): full-batch Adam overfits a few thousand rows
+    # long before num_steps.
     def step(carry, _):
-      params, state = carry
-      grads = jax.grad(loss_fn)(params)
+      params, state, best, best_loss = carry
+      grads = jax.grad(loss_fn)(params, x, t)
       updates, state = opt.update(grads, state, params)
-      return (optax.apply_updates(params, updates), state), None
-    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None,
-                                  length=num_steps)
-    cats, num, label = net.apply(params, *predict_inputs)
-    return ([jax.nn.log_softmax(c) for c in cats], num, jax.nn.log_softmax(label))
+      params = optax.apply_updates(params, updates)
+      if not num_held:
+        return (params, state, params, best_loss), None
+      loss = loss_fn(params, x_held, t_held)
+      better = loss < best_loss
+      best = jax.tree.map(lambda new, old: jnp.where(better, new, old), params, best)
+      return (params, state, best, jnp.minimum(loss, best_loss)), None
+    start = (params, opt.init(params), params, jnp.asarray(jnp.inf, jnp.float32))
+    (_, _, best, _), _ = jax.lax.scan(step, start, None, length=num_steps)
+    return best
 
-  return fit(params)
+  params = fit(params)
+  cats, num, label = net.apply(params, *predict_inputs)
+  temps = [1.0] * (len(cats) + 1)
+  if num_held:
+    h_cat, _, h_y = (np.asarray(a) for a in t_held)
+    h_cats, _, h_label = net.apply(params, *x_held)
+    temps = ([temperature(np.asarray(c), h_cat[:, j]) for j, c in enumerate(h_cats)]
+             + [temperature(np.asarray(h_label), h_y)])
+  return ([jax.nn.log_softmax(c / t) for c, t in zip(cats, temps)], num,
+          jax.nn.log_softmax(label / temps[-1]))
 
 
 def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_sizes,
                  num_labels: int, *, hidden: int, num_steps: int,
-                 learning_rate: float, seed: int) -> Prediction:
+                 learning_rate: float, held_out_fraction: float,
+                 seed: int) -> Prediction:
   """Trains the x_s -> (x_p, y) classifier on the auxiliary sample (full batch,
-  Adam) and predicts every record from its x_s."""
+  Adam, early-stopped and temperature-scaled on `held_out_fraction` of it) and
+  predicts every record from its x_s."""
   cats, num, label = fit_classifier(
       (aux.x_s_cat, aux.x_s_num), server_vocab_sizes, (aux.x_p_cat, aux.x_p_num, aux.y),
       vocab_sizes, num_labels, (server.x_s_cat, server.x_s_num), hidden=hidden,
-      num_steps=num_steps, learning_rate=learning_rate, seed=seed)
+      num_steps=num_steps, learning_rate=learning_rate,
+      held_out_fraction=held_out_fraction, seed=seed)
   cat_pred = (np.stack([np.asarray(c.argmax(-1)) for c in cats], 1) if cats
               else np.zeros((label.shape[0], 0)))
   return Prediction(cat_pred.astype(np.int32), np.asarray(num, np.float32),

@@ -1,0 +1,52 @@
+"""The server-model baseline's fit: held-out early stopping and temperatures.
+
+Its confidences are the audit's priors kappa_i, so they are tested for
+calibration: mean top probability against accuracy on fresh rows.
+"""
+
+import numpy as np
+import pytest
+
+from splitjax.attacks import baselines
+
+
+def test_temperature_recovers_a_known_one():
+  rng = np.random.default_rng(0)
+  logits = rng.normal(0.0, 3.0, (20000, 4))
+  z = logits / 2.0
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  targets = (p.cumsum(-1) > rng.random((20000, 1))).argmax(-1)
+  assert baselines.temperature(logits, targets) == pytest.approx(2.0, rel=0.05)
+
+
+def _task(rng, n):
+  """y follows the first of three categoricals (flipped for 20 % of rows); the
+  other two are noise an MLP can memorise."""
+  x_cat = rng.integers(0, 16, (n, 3)).astype(np.int32)
+  y = ((x_cat[:, 0] < 8) ^ (rng.random(n) < 0.2)).astype(np.int32)
+  return (x_cat, np.zeros((n, 0), np.float32)), (np.zeros((n, 0), np.int32),
+                                                 np.zeros((n, 0), np.float32), y)
+
+
+@pytest.mark.parametrize("held_out, calibrated", [(0.0, False), (0.2, True)])
+def test_held_out_rows_keep_the_confidence_calibrated(held_out, calibrated):
+  """On fresh rows the best guess is right 80 % of the time at best. 1,500
+  steps on 1,000 rows memorise the noise (measured: mean top probability
+  0.96 against 0.70 accuracy); early stopping and the temperature bring the
+  two within 0.04 (measured 0.78 against 0.79; the fresh rows' accuracy has a
+  standard error of 0.006)."""
+  rng = np.random.default_rng(1)
+  inputs, targets = _task(rng, 1000)
+  fresh, fresh_targets = _task(rng, 5000)
+  _, _, label = baselines.fit_classifier(
+      inputs, (16,) * 3, targets, (), 2, fresh, hidden=64, num_steps=1500,
+      learning_rate=1e-2, held_out_fraction=held_out, seed=0)
+  label = np.asarray(label)
+  confidence = np.exp(label.max(-1)).mean()
+  accuracy = (label.argmax(-1) == fresh_targets[2]).mean()
+  if calibrated:
+    assert abs(confidence - accuracy) < 0.04, (confidence, accuracy)
+    assert accuracy > 0.75
+  else:
+    assert confidence - accuracy > 0.15, (confidence, accuracy)
