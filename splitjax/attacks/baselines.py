@@ -74,12 +74,15 @@ class _Heads(nn.Module):
 def temperature(logits: np.ndarray, targets: np.ndarray) -> float:
   """The temperature T minimising the NLL of softmax(logits / T) on held-out
   rows (Guo et al. 2017, temperature scaling), over a log grid in [0.1, 20]."""
+  logits = np.asarray(logits, np.float64)
+  logits = logits - logits.max(-1, keepdims=True)
+  true = np.take_along_axis(logits, np.asarray(targets)[:, None], -1)[:, 0]
+
+  def nll(t):  # One [rows, classes] pass per candidate T: memory stays flat.
+    return np.mean(np.log(np.exp(logits / t).sum(-1)) - true / t)
+
   grid = np.exp(np.linspace(np.log(0.1), np.log(20.0), 241))
-  z = logits[None] / grid[:, None, None]                       # [T, rows, classes]
-  z = z - z.max(-1, keepdims=True)
-  log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
-  nll = -np.take_along_axis(log_probs, targets[None, :, None], -1).mean((1, 2))
-  return float(grid[np.argmin(nll)])
+  return float(grid[np.argmin([nll(t) for t in grid])])
 
 
 def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int,
