@@ -45,7 +45,8 @@ def main(argv):
     def device_part(chunk=chunk, block=block, num_chunks=num_chunks):
       carry = exact._empty_carry((1, 1, n))
       for i in range(num_chunks):
-        carry = exact._chunk(carry, jnp.int32(i * chunk), views, select, zero, zero, None,
+        carry = exact._chunk(carry, jnp.int32(i * chunk), views, select, zero, zero,
+                             jnp.ones(1, bool), None,
                              model=model, space=space, metric="l2", chunk=chunk,
                              num_records=n, bayes=False, block=block)
       return carry

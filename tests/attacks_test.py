@@ -121,6 +121,57 @@ def test_bayes_accumulates_releases_over_epochs():
   assert np.all((three.posterior >= 0) & (three.posterior <= 1 + 1e-6))
 
 
+def _rescaled_messages(ds, model, view, factor):
+  """The view as it would be had the head's weights on h been `factor` times
+  their size: messages (dl/dh) about `factor` times as large, still set apart
+  by the candidates, whose part of the head is unchanged."""
+  d = model.server.cut_dim
+
+  def scaled(params):
+    out = jax.tree.map(lambda a: a, params)
+    layer = dict(out["params"]["hidden_0"])
+    layer["kernel"] = layer["kernel"].at[..., :d, :].multiply(factor)
+    out["params"]["hidden_0"] = layer
+    return out
+
+  params = scaled(view.device_params)
+
+  x = jax.tree.map(jnp.asarray, (ds.train.x_p_cat, ds.train.x_p_num, ds.train.y))
+
+  def one_step(ids, h, params_s):
+    p = model.encode_private(x[0][ids], x[1][ids])
+    return protocol.device_step(model, jax.tree.map(lambda a: a[0], params_s), h, p,
+                                x[2][ids]).messages
+
+  messages = jax.vmap(one_step)(view.ids, view.h, params)
+  return view._replace(messages=messages, device_params=params)
+
+
+@pytest.mark.parametrize("factor", [1.0, 1e-4])
+def test_noiseless_bayes_is_exact_whatever_the_message_size(run, factor):
+  # Without noise the likelihood is a point mass: an exact match must win
+  # against any prior. The prior here gives the truth e^-20 of the odds; with
+  # the old absolute noiseless scale (1e-4) the prior won at both sizes.
+  ds, model, views = run
+  view = _rescaled_messages(ds, model, views[-1], factor)
+  norms = np.linalg.norm(np.asarray(view.messages), axis=-1)
+  assert np.median(norms) < 1e-3 if factor < 1 else np.median(norms) > 1e-3
+  space = knowledge.candidate_space(ds.schema, ())
+  n = ds.train.num_examples
+  x = ds.train
+  against = lambda truth, v: jnp.asarray(-20.0 * jax.nn.one_hot(truth, v))
+  log_prior = (tuple(against(x.x_p_cat[:, j], f.vocab_size)
+                     for j, f in enumerate(ds.schema.private_categorical)),
+               against(x.y, 2))
+  mech = knowledge.Mechanism(0.0, 0.0)
+  r = exact.attack(model, space, mech, [view], n, bayes=True, log_prior=log_prior)
+  plain = exact.attack(model, space, mech, [view], n)
+  np.testing.assert_array_equal(_acc(plain.digits, x.x_p_cat, plain.seen), [1.0, 1.0])
+  np.testing.assert_array_equal(_acc(r.digits, x.x_p_cat, r.seen), [1.0, 1.0])
+  assert _acc(r.label, x.y, r.seen) == 1.0
+  assert np.all(r.posterior[r.seen] > 0.99)
+
+
 def numeric_run():
   """A captured run with one private categorical and one numeric, and its
   auxiliary sample (20 %)."""

@@ -15,8 +15,9 @@ through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
   - sum_r ||g_r - clip(g_r(c, y))||^2 / (2 (sigma C)^2), over every release r of
   the record seen so far (each with the device params of its step). It reports
   the MAP candidate and its posterior probability. With sigma = 0 the
-  likelihood uses `noiseless_scale`, which makes it EXACT with a prior
-  tie-break.
+  likelihood is a point mass; it stands in a Gaussian whose scale is
+  `noiseless_scale` times the record's RMS message coordinate, which makes it
+  EXACT with a prior tie-break whatever the size of the record's messages.
 
 One pass over the releases gives both, after every epoch: each release's
 distances are computed once, reduced to that epoch's EXACT answer, and added
@@ -234,13 +235,25 @@ def _tolerance(metric: str, mm):
   return lambda best: _RTOL * jnp.sqrt(jnp.maximum(-best, 0.0)) + 1e-6
 
 
-def _bayes_tolerance(acc, mm_sum, scale):
-  """The tie tolerance of Bayes's log posterior prior - acc / (2 scale^2),
-  as a function of the best: the prior's rounding, plus that of the summed
+def _bayes_tolerance(acc, mm_sum, var):
+  """The tie tolerance of Bayes's log posterior prior - acc / (2 var), as a
+  function of the best: the prior's rounding, plus that of the summed
   distances, bounded as EXACT's for a best candidate whose summed distance
   is `acc` over releases with summed |m|^2 `mm_sum` (all [N])."""
   acc_tol = _RTOL * jnp.sqrt(acc * mm_sum) + 1e-11 * mm_sum
-  return lambda best: _RTOL * jnp.abs(best) + acc_tol / (2.0 * scale ** 2)
+  return lambda best: _RTOL * jnp.abs(best) + acc_tol / (2.0 * var)
+
+
+def _likelihood_variance(scale, noiseless, mm_sum, count, dim):
+  """[N] the variance of each record's Gaussian likelihood: (sigma C)^2
+  under noise; without it, (noiseless_scale x the record's RMS message
+  coordinate over its `count` releases)^2. An absolute noiseless scale
+  (1e-4, before) was wider than the gaps between candidates for records
+  whose messages were tiny (Bank: 555 of 32,488 with median |m| 6e-5), and
+  the prior outvoted an exact match there."""
+  rms2 = mm_sum / (dim * jnp.maximum(count, 1.0))
+  return jnp.where(noiseless, jnp.maximum(scale ** 2 * rms2, 1e-30),
+                   jnp.broadcast_to(scale ** 2, mm_sum.shape))
 
 
 def _fmix32(x):
@@ -281,8 +294,8 @@ def _merge(old, new, tolerance):
 @functools.partial(jax.jit, static_argnames=("model", "space", "metric", "chunk",
                                               "num_records", "bayes", "block"),
                    donate_argnums=(0,))
-def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
-           space, metric, chunk, num_records, bayes, block):
+def _chunk(carry, start, views, select, clip_norm, scale, noiseless, log_prior, *,
+           model, space, metric, chunk, num_records, bayes, block):
   """Folds one candidate chunk into every setting's and epoch's running best.
 
   views: per-epoch ServerViews with a leading [all settings] axis; select [S]:
@@ -303,7 +316,7 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
       prior = prior + table[:, digits[:, j]][:, :, None]
     prior = jnp.where(valid[None, :, None], prior, -jnp.inf)  # [N, C, K]
 
-  def one_setting(carry_s, setting, clip_s, scale_s):
+  def one_setting(carry_s, setting, clip_s, scale_s, noiseless_s):
     def step(state, xs):
       vs, mm = xs
       acc, best = state
@@ -319,6 +332,7 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
 
     acc = jnp.zeros((num_records, chunk, k) if bayes else (), jnp.float32)
     mm_sum = jnp.zeros(num_records if bayes else (), jnp.float32)
+    count = jnp.zeros(num_records if bayes else (), jnp.float32)
     outs = []
     # Epochs unrolled: each epoch's view stays where training left it (no
     # stacked copy); this setting's slice is taken here.
@@ -332,11 +346,15 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
       mm_e = jnp.sum(view_e.messages ** 2, -1)
       (acc, ex), _ = jax.lax.scan(step, (acc, ex), (view_e, mm_e))
       if bayes:
-        value = (prior - acc / (2.0 * scale_s ** 2)).reshape(num_records, -1)
-        mm_sum = mm_sum.at[view_e.ids.reshape(-1)].add(mm_e.reshape(-1))
+        ids_e = view_e.ids.reshape(-1)
+        mm_sum = mm_sum.at[ids_e].add(mm_e.reshape(-1))
+        count = count.at[ids_e].add(1.0)
+        var = _likelihood_variance(scale_s, noiseless_s, mm_sum, count,
+                                   view_e.messages.shape[-1])
+        value = (prior - acc / (2.0 * var)[:, None, None]).reshape(num_records, -1)
         top = value.argmax(-1)[:, None]
         acc_top = jnp.take_along_axis(acc.reshape(num_records, -1), top, -1)[:, 0]
-        tol = _bayes_tolerance(acc_top, mm_sum, scale_s)
+        tol = _bayes_tolerance(acc_top, mm_sum, var)
         new = _pick(value, pair_index, jnp.arange(num_records), tol)
         bx = _merge(bx, new, tol)
         bl = jnp.logaddexp(bl, jax.nn.logsumexp(value, axis=-1))
@@ -347,7 +365,8 @@ def _chunk(carry, start, views, select, clip_norm, scale, log_prior, *, model,
   # buffers scale with the block and not with the whole group. A block of one
   # is a plain loop: vmap over a unit axis made XLA:CPU's dots and scatters
   # batched, and the step 5x slower.
-  return jax.lax.map(lambda xs: one_setting(*xs), (carry, select, clip_norm, scale),
+  return jax.lax.map(lambda xs: one_setting(*xs),
+                     (carry, select, clip_norm, scale, noiseless),
                      batch_size=block if block > 1 else None)
 
 
@@ -438,7 +457,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
     log_prior: (tuple of [N, V_j] per private categorical, [N, K] label)
       log-probabilities for Bayes, shared by the settings; None = uniform.
     metric: EXACT's 'l2' or 'cosine' (Bayes uses the Gaussian L2).
-    noiseless_scale: the likelihood's scale when a setting adds no noise.
+    noiseless_scale: when a setting adds no noise, the likelihood's scale
+      relative to each record's RMS message coordinate.
     chunk_candidates, chunk_mb: the chunk size cap and its buffer target
       (0 = default_chunk_mb() for the device).
     max_chunk_mb, max_candidates: hard limits (ConfigError beyond).
@@ -462,7 +482,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
     cats = tuple(jnp.zeros((num_records, r)) for r in space.radices[:space.num_categorical])
     log_prior = (cats, jnp.zeros((num_records, space.num_labels)))
   noise = np.asarray(noise_stddev, np.float32)
-  scale = np.where(noise > 0, noise, noiseless_scale).astype(np.float32)
+  noiseless = noise <= 0
+  scale = np.where(noiseless, noiseless_scale, noise).astype(np.float32)
   clip_norm = np.asarray(clip_norm, np.float32)
   m = sharding.mesh()
   if m is not None and batch % m.size == 0:
@@ -479,7 +500,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   start = last_log = time.perf_counter()
   for i in range(num_chunks):
     carry = _chunk(carry, np.int32(i * chunk), tuple(views), select_arg, clip_norm, scale,
-                   log_prior if bayes else None, model=model, space=space,
+                   noiseless, log_prior if bayes else None, model=model, space=space,
                    metric=metric, chunk=chunk, num_records=num_records, bayes=bayes,
                    block=block)
     jax.block_until_ready(carry)  # Dispatch is asynchronous; time real work.
