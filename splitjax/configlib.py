@@ -99,6 +99,9 @@ def base_config() -> ml_collections.ConfigDict:
       metric="l2", chunk_candidates=4096, chunk_mb=0.0,
       max_candidates=2_000_000, max_chunk_mb=1024.0, numeric_grids=(),
       max_steps=0))
+  # noiseless_scale: without message noise the likelihood is a point mass;
+  # Bayes stands in a Gaussian this many times each record's RMS message
+  # coordinate (splitjax/attacks/exact.py).
   c.attack.bayes = ml_collections.ConfigDict(dict(
       prior="server_model", noiseless_scale=1e-4))
   # held_out_fraction: aux rows held out to early-stop the server model and
