@@ -308,6 +308,31 @@ def w3(spec, ds, repeats):
           np.asarray(auc_v))
 
 
+def w3_phases(spec, ds, repeats):
+  """Where the group gains: median seconds of (init, epoch, evaluation) for
+  the vmapped group of 16 and for one setting (on one device)."""
+  trainer = training.Trainer(spec)
+  train, test = jax.device_put(ds.train), jax.device_put(ds.test)
+  rows = w3_rows()
+
+  def phases(settings):
+    out = []
+    for r in range(repeats + 1):  # the first is the warm-up
+      t0 = time.perf_counter()
+      state = jax.block_until_ready(trainer.init(train.y, settings))
+      t1 = time.perf_counter()
+      state, _ = trainer.epoch(state, train, settings, np.int32(0))
+      jax.block_until_ready(state)
+      t2 = time.perf_counter()
+      jax.block_until_ready(trainer.evaluate(state, test, settings))
+      t3 = time.perf_counter()
+      if r:
+        out.append((t1 - t0, t2 - t1, t3 - t2))
+    return tuple(float(x) for x in np.median(np.asarray(out), axis=0))
+
+  return phases(training.make_settings(rows)), phases(training.make_settings(rows[:1]))
+
+
 # --- W4 optimiser ----------------------------------------------------------
 
 
