@@ -46,7 +46,7 @@ def main(argv):
       carry = exact._empty_carry((1, 1, n))
       for i in range(num_chunks):
         carry = exact._chunk(carry, jnp.int32(i * chunk), views, select, zero, zero,
-                             jnp.ones(1, bool), None,
+                             jnp.float32(1e-4), None,
                              model=model, space=space, metric="l2", chunk=chunk,
                              num_records=n, bayes=False, block=block)
       return carry

@@ -244,16 +244,15 @@ def _bayes_tolerance(acc, mm_sum, var):
   return lambda best: _RTOL * jnp.abs(best) + acc_tol / (2.0 * var)
 
 
-def _likelihood_variance(scale, noiseless, mm_sum, count, dim):
-  """[N] the variance of each record's Gaussian likelihood: (sigma C)^2
-  under noise; without it, (noiseless_scale x the record's RMS message
-  coordinate over its `count` releases)^2. An absolute noiseless scale
-  (1e-4, before) was wider than the gaps between candidates for records
-  whose messages were tiny (Bank: 555 of 32,488 with median |m| 6e-5), and
-  the prior outvoted an exact match there."""
+def _likelihood_variance(noise, noiseless_scale, mm_sum, count, dim):
+  """[N] the variance of each record's Gaussian likelihood: noise^2 (the
+  setting's sigma C) under noise; without it, (noiseless_scale x the
+  record's RMS message coordinate over its `count` releases)^2. An absolute
+  noiseless scale (1e-4, before) was wider than the gaps between candidates
+  for records whose messages were tiny (Bank: 555 of 32,488 with median |m|
+  6e-5), and the prior outvoted an exact match there."""
   rms2 = mm_sum / (dim * jnp.maximum(count, 1.0))
-  return jnp.where(noiseless, jnp.maximum(scale ** 2 * rms2, 1e-30),
-                   jnp.broadcast_to(scale ** 2, mm_sum.shape))
+  return jnp.where(noise > 0, noise ** 2, jnp.maximum(noiseless_scale ** 2 * rms2, 1e-30))
 
 
 def _fmix32(x):
@@ -294,8 +293,8 @@ def _merge(old, new, tolerance):
 @functools.partial(jax.jit, static_argnames=("model", "space", "metric", "chunk",
                                               "num_records", "bayes", "block"),
                    donate_argnums=(0,))
-def _chunk(carry, start, views, select, clip_norm, scale, noiseless, log_prior, *,
-           model, space, metric, chunk, num_records, bayes, block):
+def _chunk(carry, start, views, select, clip_norm, noise, noiseless_scale, log_prior,
+           *, model, space, metric, chunk, num_records, bayes, block):
   """Folds one candidate chunk into every setting's and epoch's running best.
 
   views: per-epoch ServerViews with a leading [all settings] axis; select [S]:
@@ -316,7 +315,7 @@ def _chunk(carry, start, views, select, clip_norm, scale, noiseless, log_prior, 
       prior = prior + table[:, digits[:, j]][:, :, None]
     prior = jnp.where(valid[None, :, None], prior, -jnp.inf)  # [N, C, K]
 
-  def one_setting(carry_s, setting, clip_s, scale_s, noiseless_s):
+  def one_setting(carry_s, setting, clip_s, noise_s):
     def step(state, xs):
       vs, mm = xs
       acc, best = state
@@ -349,7 +348,7 @@ def _chunk(carry, start, views, select, clip_norm, scale, noiseless, log_prior, 
         ids_e = view_e.ids.reshape(-1)
         mm_sum = mm_sum.at[ids_e].add(mm_e.reshape(-1))
         count = count.at[ids_e].add(1.0)
-        var = _likelihood_variance(scale_s, noiseless_s, mm_sum, count,
+        var = _likelihood_variance(noise_s, noiseless_scale, mm_sum, count,
                                    view_e.messages.shape[-1])
         value = (prior - acc / (2.0 * var)[:, None, None]).reshape(num_records, -1)
         top = value.argmax(-1)[:, None]
@@ -365,8 +364,7 @@ def _chunk(carry, start, views, select, clip_norm, scale, noiseless, log_prior, 
   # buffers scale with the block and not with the whole group. A block of one
   # is a plain loop: vmap over a unit axis made XLA:CPU's dots and scatters
   # batched, and the step 5x slower.
-  return jax.lax.map(lambda xs: one_setting(*xs),
-                     (carry, select, clip_norm, scale, noiseless),
+  return jax.lax.map(lambda xs: one_setting(*xs), (carry, select, clip_norm, noise),
                      batch_size=block if block > 1 else None)
 
 
@@ -482,8 +480,6 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
     cats = tuple(jnp.zeros((num_records, r)) for r in space.radices[:space.num_categorical])
     log_prior = (cats, jnp.zeros((num_records, space.num_labels)))
   noise = np.asarray(noise_stddev, np.float32)
-  noiseless = noise <= 0
-  scale = np.where(noiseless, noiseless_scale, noise).astype(np.float32)
   clip_norm = np.asarray(clip_norm, np.float32)
   m = sharding.mesh()
   if m is not None and batch % m.size == 0:
@@ -499,10 +495,10 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   num_chunks = math.ceil(space.size / chunk)
   start = last_log = time.perf_counter()
   for i in range(num_chunks):
-    carry = _chunk(carry, np.int32(i * chunk), tuple(views), select_arg, clip_norm, scale,
-                   noiseless, log_prior if bayes else None, model=model, space=space,
-                   metric=metric, chunk=chunk, num_records=num_records, bayes=bayes,
-                   block=block)
+    carry = _chunk(carry, np.int32(i * chunk), tuple(views), select_arg, clip_norm, noise,
+                   np.float32(noiseless_scale), log_prior if bayes else None,
+                   model=model, space=space, metric=metric, chunk=chunk,
+                   num_records=num_records, bayes=bayes, block=block)
     jax.block_until_ready(carry)  # Dispatch is asynchronous; time real work.
     if time.perf_counter() - last_log > 15 and i + 1 < num_chunks:
       now = time.perf_counter()
