@@ -89,7 +89,7 @@ def check(accuracy: float, n: int, ceiling: float) -> dict:
 
 
 def ceilings(kappas: dict[str, np.ndarray], mu: float, label_epsilon: float,
-             label_kappa_given_private: np.ndarray,
+             label_kappa_given_private: np.ndarray | None,
              label_name: str = "label") -> dict[str, float]:
   """The ceiling of every private attribute and the label.
 
@@ -99,12 +99,15 @@ def ceilings(kappas: dict[str, np.ndarray], mu: float, label_epsilon: float,
     mu: mu-GDP of the cut-layer releases so far (inf = no guarantee).
     label_epsilon: epsilon of label randomized response (inf = none).
     label_kappa_given_private: [records] the label's kappa_i given x_s and
-      x_p, the randomized-response ceiling's prior (module docstring).
+      x_p, the randomized-response ceiling's prior (module docstring); may
+      be None without label DP (label_epsilon = inf).
   """
+  if math.isfinite(label_epsilon) and label_kappa_given_private is None:
+    raise ValueError("ceilings: label DP needs label_kappa_given_private")
   out = {}
   for name, kappa in kappas.items():
     c = gaussian_ceiling(kappa, mu)
-    if name == label_name:
+    if name == label_name and math.isfinite(label_epsilon):
       c = min(c, dp_ceiling(label_kappa_given_private, label_epsilon))
     out[name] = c
   return out

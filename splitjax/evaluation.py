@@ -9,6 +9,7 @@ auxiliary sample and the public mechanism, and never the targets' x_p or y.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -130,8 +131,15 @@ class AttackContext:
   prior_pred: baselines.Prediction
   server_model: baselines.Prediction
   kappa: dict[str, np.ndarray]
-  label_kappa_given_private: np.ndarray  # the label-DP ceiling's prior (audit)
   names: tuple[str, ...]  # the attacks to run
+
+  @functools.cached_property
+  def label_kappa_given_private(self) -> np.ndarray:
+    """The label-DP ceiling's prior (audit), fitted on first use: only runs
+    with label DP need it."""
+    return label_kappa_given_private(self.truth, self.aux, self.schema,
+                                     self.config.attack.server_model,
+                                     self.config.attack.aux_seed)
 
   @property
   def num_records(self) -> int:
@@ -166,10 +174,8 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
   kappa = {f.name: np.exp(np.asarray(t).max(-1))
            for f, t in zip(schema.private_categorical, sm.log_probs[0])}
   kappa["label"] = np.exp(np.asarray(sm.log_probs[1]).max(-1))
-  label_kappa = label_kappa_given_private(dataset.train, aux, schema, c,
-                                          config.attack.aux_seed)
   return AttackContext(config, schema, model, dataset.train, server, aux, targets,
-                       space, prior_pred, sm, kappa, label_kappa, names)
+                       space, prior_pred, sm, kappa, names)
 
 
 def label_kappa_given_private(records: Arrays, aux: knowledge.AuxSample, schema,
@@ -259,9 +265,11 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
         for name in ("exact", "bayes_exact"):
           if name in per:
             per[name]["seconds_per_setting_all_epochs"] = ex_seconds
+      label_eps = mechs[s]["label_epsilon"]
       caps = audit.ceilings({k: v[mask] for k, v in ctx.kappa.items()},
-                            accounting[s][epoch - 1]["mu_gdp"], mechs[s]["label_epsilon"],
-                            ctx.label_kappa_given_private[mask])
+                            accounting[s][epoch - 1]["mu_gdp"], label_eps,
+                            ctx.label_kappa_given_private[mask]
+                            if math.isfinite(label_eps) else None)
       violations += _audit(per, caps, epoch)
       per["ceilings"] = caps
       per_epoch[str(epoch)] = per

@@ -37,6 +37,14 @@ def test_label_ceiling_is_the_tighter_one():
   assert loose["label"] == pytest.approx(audit.gaussian_ceiling(k["label"], 0.1))
 
 
+def test_label_prior_given_private_is_needed_only_with_label_dp():
+  k = {"label": np.full(10, 0.5)}
+  caps = audit.ceilings(k, mu=1.0, label_epsilon=math.inf, label_kappa_given_private=None)
+  assert caps["label"] == pytest.approx(audit.gaussian_ceiling(k["label"], 1.0))
+  with pytest.raises(ValueError, match="label DP needs label_kappa_given_private"):
+    audit.ceilings(k, mu=1.0, label_epsilon=1.0, label_kappa_given_private=None)
+
+
 def test_label_dp_ceiling_takes_the_prior_given_the_private_features():
   """Randomized response protects y alone, so an attacker that reads x_p from
   the messages (label DP only, no noise: mu = inf) and predicts y from it is
