@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 256
   c.train.server_learning_rate = 1e-3
   c.train.device_learning_rate = 1e-3
-  c.train.eval_batch_size = 8192
+  c.train.eval_batch_size = 8192  # test rows per chunk, summed over the settings vmapped together
   c.train.server_only_baseline = True
 
   c.fsl = ml_collections.ConfigDict()
