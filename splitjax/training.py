@@ -72,8 +72,12 @@ class _Keys(NamedTuple):
   label: jax.Array
 
 
+def seed_keys(seed: jax.Array) -> _Keys:
+  return _Keys(*jax.random.split(jax.random.key(seed), 5))
+
+
 def setting_keys(setting: Setting) -> _Keys:
-  return _Keys(*jax.random.split(jax.random.key(setting.seed), 5))
+  return seed_keys(setting.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,37 +283,53 @@ class EpochOut(NamedTuple):
 
 def client_partition(spec: TrainSpec, setting: Setting) -> jax.Array:
   """The fixed records of each FSL client, [K, records per client]."""
-  perm = jax.random.permutation(setting_keys(setting).partition, spec.num_train)
+  return _client_records(spec, setting_keys(setting))
+
+
+def _client_records(spec: TrainSpec, keys: _Keys) -> jax.Array:
+  perm = jax.random.permutation(keys.partition, spec.num_train)
   n = spec.records_per_client
   return perm[:spec.num_clients * n].reshape(spec.num_clients, n)
 
 
-def train_epoch(spec: TrainSpec, state: TrainState, train: Arrays,
-                setting: Setting, epoch: jax.Array) -> tuple[TrainState, EpochOut]:
-  """One epoch as one scan (rows shuffled per epoch, remainder dropped)."""
-  keys = setting_keys(setting)
+def epoch_rows(spec: TrainSpec, seed: jax.Array, epoch: jax.Array) -> jax.Array:
+  """The training rows of every step of one epoch (shuffled per epoch,
+  remainder dropped): [steps, B] in SL; in FSL [rounds, local_steps, K,
+  client batch] from each client's fixed records. They depend on the seed
+  alone, so settings that share one share them (Trainer.epoch)."""
+  keys = seed_keys(seed)
   epoch_key = jax.random.fold_in(keys.data, epoch)
   steps = spec.steps_per_epoch
   if spec.mode == "sl":
     perm = jax.random.permutation(epoch_key, spec.num_train)
-    idx = perm[:steps * spec.batch_size].reshape(steps, spec.batch_size)
-    step = functools.partial(sl_step, spec, train, setting, keys.noise, epoch)
-    state, (losses, view) = jax.lax.scan(step, state, idx)
-    return state, EpochOut(losses.mean(), view)
-
-  part = client_partition(spec, setting)
+    return perm[:steps * spec.batch_size].reshape(steps, spec.batch_size)
+  part = _client_records(spec, keys)
   k, bc, steps_l = spec.num_clients, spec.client_batch_size, spec.local_steps
   client_keys = jax.random.split(epoch_key, k)
   shuffled = jax.vmap(lambda key, rows: jax.random.permutation(key, rows))(
       client_keys, part)[:, :steps * bc]
-  idx = shuffled.reshape(k, steps // steps_l, steps_l, bc).transpose(1, 2, 0, 3)
+  return shuffled.reshape(k, steps // steps_l, steps_l, bc).transpose(1, 2, 0, 3)
+
+
+def train_epoch(spec: TrainSpec, state: TrainState, train: Arrays,
+                setting: Setting, epoch: jax.Array,
+                rows: jax.Array | None = None) -> tuple[TrainState, EpochOut]:
+  """One epoch as one scan over `rows` (default: epoch_rows)."""
+  keys = setting_keys(setting)
+  if rows is None:
+    rows = epoch_rows(spec, setting.seed, epoch)
+  if spec.mode == "sl":
+    step = functools.partial(sl_step, spec, train, setting, keys.noise, epoch)
+    state, (losses, view) = jax.lax.scan(step, state, rows)
+    return state, EpochOut(losses.mean(), view)
+
   rnd = functools.partial(fsl_round, spec, train, setting, keys.noise, epoch)
 
   def body(state, round_idx):
     state, _, outs = rnd(state, round_idx)
     return state, outs
 
-  state, (losses, view) = jax.lax.scan(body, state, idx)
+  state, (losses, view) = jax.lax.scan(body, state, rows)
   if view is not None:  # [rounds, local_steps, ...] -> [steps, ...]
     view = jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:]), view)
   return state, EpochOut(losses.mean(), view)
@@ -371,10 +391,26 @@ class Trainer:
     self.spec = spec
     self.init = jax.jit(jax.vmap(functools.partial(init_state, spec),
                                  in_axes=(None, 0)))
-    self.epoch = jax.jit(
-        jax.vmap(functools.partial(train_epoch, spec), in_axes=(0, None, 0, None)),
-        donate_argnums=0)
+    self._epoch = jax.jit(self._epoch_impl, donate_argnums=0)
     self.evaluate = jax.jit(self._evaluate)
+
+  def epoch(self, state: TrainState, train: Arrays, settings: Setting,
+            epoch) -> tuple[TrainState, EpochOut]:
+    """One epoch of every setting. The shuffles (sorts of the training rows)
+    are computed once per distinct seed, not once per setting; the numbers
+    are the same."""
+    seeds, slot = np.unique(np.asarray(settings.seed), return_inverse=True)
+    slot = slot.astype(np.int32)
+    sharded = getattr(settings.seed, "sharding", None)
+    if sharded is not None and len(sharded.device_set) > 1:
+      slot = jax.device_put(slot, sharded)  # Each device gathers its own settings' rows.
+    return self._epoch(state, train, settings, epoch, seeds, slot)
+
+  def _epoch_impl(self, state, train, settings, epoch, seeds, slot):
+    rows = jax.vmap(epoch_rows, (None, 0, None))(self.spec, seeds, epoch)
+    fn = functools.partial(train_epoch, self.spec)
+    return jax.vmap(fn, in_axes=(0, None, 0, None, 0))(state, train, settings, epoch,
+                                                        rows[slot])
 
   def _evaluate(self, state: TrainState, test: Arrays, settings: Setting):
     fn = functools.partial(evaluate, self.spec, num_settings=settings.seed.shape[0])

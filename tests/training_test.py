@@ -55,8 +55,20 @@ def test_epochs_do_not_recompile():
   trainer, train, test = _trainer(small_config())
   _run(trainer, train, test, [ROW], epochs=3)
   _run(trainer, train, test, [dict(ROW, seed=5, noise_stddev=2.0)], epochs=1)
-  assert trainer.epoch._cache_size() == 1
+  assert trainer._epoch._cache_size() == 1
   assert trainer.evaluate._cache_size() == 1
+
+
+def test_settings_that_share_a_seed_share_its_shuffle():
+  """Trainer.epoch shuffles once per distinct seed and hands each setting its
+  seed's rows: the same rows as the setting's own epoch_rows."""
+  trainer, train, test = _trainer(small_config(view__capture=True))
+  rows = [dict(ROW, seed=3), dict(ROW, seed=1), dict(ROW, seed=3, noise_stddev=1.0)]
+  _, views = _run(trainer, train, test, rows, epochs=1)
+  ids = np.asarray(views[0].ids)
+  for i, r in enumerate(rows):
+    np.testing.assert_array_equal(ids[i], training.epoch_rows(trainer.spec, r["seed"], 0))
+  assert not (ids[0] == ids[1]).all()
 
 
 def test_model_learns_and_private_features_help(sl):
