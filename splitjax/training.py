@@ -9,7 +9,9 @@ setting axis, so a batch of settings trains as one program.
 
 Keys: one root key per setting from its seed, split once into init, data
 order, FSL partition, message noise and label-DP keys; the step or epoch is
-folded in where a key is used repeatedly.
+folded in where a key is used repeatedly. The data order and the FSL
+partition depend on the seed alone, so `Trainer.epoch` computes them once per
+distinct seed of a batch.
 """
 
 from __future__ import annotations
