@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from splitjax import accounting, configlib, data, defences, models, protocol, sharding
 from splitjax import workdir as wd
@@ -401,7 +402,10 @@ class Trainer:
     """One epoch of every setting. The shuffles (sorts of the training rows)
     are computed once per distinct seed, not once per setting; the numbers
     are the same."""
-    seeds, slot = np.unique(np.asarray(settings.seed), return_inverse=True)
+    seed = settings.seed
+    if not getattr(seed, "is_fully_addressable", True):  # Several hosts.
+      seed = multihost_utils.process_allgather(seed, tiled=True)
+    seeds, slot = np.unique(np.asarray(seed), return_inverse=True)
     slot = slot.astype(np.int32)
     sharded = getattr(settings.seed, "sharding", None)
     if sharded is not None and len(sharded.device_set) > 1:
