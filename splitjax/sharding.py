@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 AXIS = "devices"
@@ -43,6 +44,15 @@ def shard_axis(tree, m: Mesh, axis: int):
     spec = PartitionSpec(*([None] * axis + [AXIS]))
     return jax.device_put(a, NamedSharding(m, spec))
   return jax.tree.map(put, tree)
+
+
+def to_host(tree):
+  """Every leaf as a whole numpy array on this host: jax.device_get, or, for
+  arrays spread over several hosts (not fully addressable), an all-gather
+  that every host must call."""
+  if all(getattr(a, "is_fully_addressable", True) for a in jax.tree.leaves(tree)):
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def replicate(tree, m: Mesh):

@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 from splitjax import accounting, configlib, data, defences, models, protocol, sharding
 from splitjax import workdir as wd
@@ -402,10 +401,8 @@ class Trainer:
     """One epoch of every setting. The shuffles (sorts of the training rows)
     are computed once per distinct seed, not once per setting; the numbers
     are the same."""
-    seed = settings.seed
-    if not getattr(seed, "is_fully_addressable", True):  # Several hosts.
-      seed = multihost_utils.process_allgather(seed, tiled=True)
-    seeds, slot = np.unique(np.asarray(seed), return_inverse=True)
+    seeds, slot = np.unique(np.asarray(sharding.to_host(settings.seed)),
+                            return_inverse=True)
     slot = slot.astype(np.int32)
     sharded = getattr(settings.seed, "sharding", None)
     if sharded is not None and len(sharded.device_set) > 1:
@@ -468,7 +465,7 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
     start = time.perf_counter()
     state, out = trainer.epoch(state, train_data, settings, np.int32(epoch))
     evals = trainer.evaluate(state, test_data, settings)
-    losses, evals = jax.device_get((out.train_loss, evals))
+    losses, evals = sharding.to_host((out.train_loss, evals))
     seconds = time.perf_counter() - start
     rows = [metrics_row(losses, evals, i) for i in range(num_settings)]
     history.append(rows)

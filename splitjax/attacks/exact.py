@@ -506,11 +506,11 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
       logging.info("EXACT%s: %d/%d candidate chunks of %d (%d settings x %d epochs), "
                    "ETA %.0f s", " + Bayes" if bayes else "", i + 1, num_chunks, chunk,
                    num_settings, num_epochs, (now - start) / (i + 1) * (num_chunks - i - 1))
-  # One device_get for everything the host needs (the copies overlap), and
+  # One transfer for everything the host needs (the copies overlap), and
   # only the Bayes sums when Bayes ran: on a GPU each transfer costs a sync.
   ex_best, ex_arg, _, b_best, b_arg, _, b_lse = carry
   bayes_out = (b_best, b_arg, b_lse) if bayes else ()
-  ex_best, ex_arg, bayes_out, all_ids = jax.device_get(
+  ex_best, ex_arg, bayes_out, all_ids = sharding.to_host(
       (ex_best, ex_arg, bayes_out, [v.ids for v in views]))
   released = np.zeros(shape, bool)
   for e, ids in enumerate(all_ids):
