@@ -262,7 +262,7 @@ def w2_loop(spec, ds, repeats):
   """The same SL step dispatched once per batch from Python."""
   train = jax.device_put(ds.train)
   setting = jax.tree.map(lambda a: a[0], training.make_settings([row(sigma=1.0, clip=CLIP)]))
-  keys = training.setting_keys(setting)
+  keys = training.seed_keys(setting.seed)
   step = jax.jit(functools.partial(training.sl_step, spec, train, setting, keys.noise),
                  donate_argnums=1)
   state = {"s": training.init_state(spec, train.y, setting), "e": 0}

@@ -78,10 +78,6 @@ def seed_keys(seed: jax.Array) -> _Keys:
   return _Keys(*jax.random.split(jax.random.key(seed), 5))
 
 
-def setting_keys(setting: Setting) -> _Keys:
-  return seed_keys(setting.seed)
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
   """Everything static: model, shapes, optimisers, mode, view capture."""
@@ -161,7 +157,7 @@ def make_spec(config, model: SplitModel, train: Arrays) -> TrainSpec:
 def init_state(spec: TrainSpec, train_labels: jax.Array,
                setting: Setting) -> TrainState:
   """Fresh params, optimiser states, and the label-DP training labels."""
-  keys = setting_keys(setting)
+  keys = seed_keys(setting.seed)
   server_params, device_params = spec.model.init(keys.init,
                                                  spec.num_server_numeric)
   labels = defences.randomized_response(keys.label, train_labels,
@@ -283,13 +279,9 @@ class EpochOut(NamedTuple):
   view: protocol.ServerView | None
 
 
-def client_partition(spec: TrainSpec, setting: Setting) -> jax.Array:
+def client_partition(spec: TrainSpec, seed: jax.Array) -> jax.Array:
   """The fixed records of each FSL client, [K, records per client]."""
-  return _client_records(spec, setting_keys(setting))
-
-
-def _client_records(spec: TrainSpec, keys: _Keys) -> jax.Array:
-  perm = jax.random.permutation(keys.partition, spec.num_train)
+  perm = jax.random.permutation(seed_keys(seed).partition, spec.num_train)
   n = spec.records_per_client
   return perm[:spec.num_clients * n].reshape(spec.num_clients, n)
 
@@ -299,13 +291,12 @@ def epoch_rows(spec: TrainSpec, seed: jax.Array, epoch: jax.Array) -> jax.Array:
   remainder dropped): [steps, B] in SL; in FSL [rounds, local_steps, K,
   client batch] from each client's fixed records. They depend on the seed
   alone, so settings that share one share them (Trainer.epoch)."""
-  keys = seed_keys(seed)
-  epoch_key = jax.random.fold_in(keys.data, epoch)
+  epoch_key = jax.random.fold_in(seed_keys(seed).data, epoch)
   steps = spec.steps_per_epoch
   if spec.mode == "sl":
     perm = jax.random.permutation(epoch_key, spec.num_train)
     return perm[:steps * spec.batch_size].reshape(steps, spec.batch_size)
-  part = _client_records(spec, keys)
+  part = client_partition(spec, seed)
   k, bc, steps_l = spec.num_clients, spec.client_batch_size, spec.local_steps
   client_keys = jax.random.split(epoch_key, k)
   shuffled = jax.vmap(lambda key, rows: jax.random.permutation(key, rows))(
@@ -317,7 +308,7 @@ def train_epoch(spec: TrainSpec, state: TrainState, train: Arrays,
                 setting: Setting, epoch: jax.Array,
                 rows: jax.Array | None = None) -> tuple[TrainState, EpochOut]:
   """One epoch as one scan over `rows` (default: epoch_rows)."""
-  keys = setting_keys(setting)
+  keys = seed_keys(setting.seed)
   if rows is None:
     rows = epoch_rows(spec, setting.seed, epoch)
   if spec.mode == "sl":

@@ -108,9 +108,9 @@ def test_fedavg_is_mean_of_client_params():
   spec = trainer.spec
   setting = jax.tree.map(lambda a: a[0], training.make_settings([ROW]))
   state = training.init_state(spec, train.y, setting)
-  part = training.client_partition(spec, setting)
+  part = training.client_partition(spec, setting.seed)
   idx = part[:, :3 * 8].reshape(4, 3, 8).transpose(1, 0, 2)
-  keys = training.setting_keys(setting)
+  keys = training.seed_keys(setting.seed)
   new, clients, _ = training.fsl_round(spec, train, setting, keys.noise,
                                        jnp.int32(0), state, idx)
   leaves = jax.tree.leaves(clients)
