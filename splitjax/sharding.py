@@ -4,18 +4,27 @@ One 1-D mesh over all devices (`jax.devices()`, so every host's under
 `jax.distributed.initialize()`). Training shards the leading *setting* axis of
 a shape group (padded with copies of the last setting to a multiple of the
 device count; the copies are dropped afterwards); EXACT shards the *record*
-axis of each step's batch, the optimiser that of each batch of records. The data and parameters that every shard needs are
-replicated. Under jit, XLA's SPMD partitioner splits the vmapped programs, so
-the numbers are those of one device (tested with
-XLA_FLAGS=--xla_force_host_platform_device_count=8 on CPU).
+axis of each step's batch, the optimiser that of each batch of records. The
+data and parameters that every shard needs are replicated. Under jit, XLA's
+SPMD partitioner splits the vmapped programs, so the numbers are those of one
+device (tested with XLA_FLAGS=--xla_force_host_platform_device_count=8 on
+CPU, and with two processes of one CPU device each).
+
+Several hosts: what the host reads of arrays spread over them goes through
+`to_host` or `gather` (all-gathers), and what process 0 reads of the
+workdir through `from_process_0`, so that every process takes the same path.
 """
 
 from __future__ import annotations
+
+import json
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from splitjax.errors import ConfigError
 
 AXIS = "devices"
 
@@ -53,6 +62,45 @@ def to_host(tree):
   if all(getattr(a, "is_fully_addressable", True) for a in jax.tree.leaves(tree)):
     return jax.device_get(tree)
   return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def gather(tree):
+  """`tree` unchanged when this process holds every leaf whole (one host);
+  else each leaf spread over several hosts all-gathered to a numpy array on
+  every host (a collective: every process must call it)."""
+  leaves, treedef = jax.tree.flatten(tree)
+  spread = [i for i, a in enumerate(leaves)
+            if not getattr(a, "is_fully_addressable", True)]
+  if not spread:
+    return tree
+  whole = multihost_utils.process_allgather([leaves[i] for i in spread], tiled=True)
+  for i, a in zip(spread, whole):
+    leaves[i] = a
+  return jax.tree.unflatten(treedef, leaves)
+
+
+def from_process_0(fn, *args):
+  """fn(*args) on process 0 only, its result (JSON-able) given to every
+  process, so that all take the same branch; a ConfigError it raises is
+  raised on every process. Multi-host runs use it for what process 0 reads
+  from the workdir (the hosts' workdirs need not be shared). On one process:
+  fn(*args)."""
+  if jax.process_count() == 1:
+    return fn(*args)
+  out = None
+  if jax.process_index() == 0:
+    try:
+      out = {"value": fn(*args)}
+    except ConfigError as e:
+      out = {"error": str(e)}
+  data = np.frombuffer(json.dumps(out).encode(), np.uint8)
+  size = int(multihost_utils.broadcast_one_to_all(np.int64(data.size)))
+  if jax.process_index() != 0:
+    data = np.zeros(size, np.uint8)
+  out = json.loads(np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes())
+  if "error" in out:
+    raise ConfigError(out["error"])
+  return out["value"]
 
 
 def replicate(tree, m: Mesh):

@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 
 from splitjax import accounting, audit, configlib, data, evaluation, models
-from splitjax import report, training
+from splitjax import report, sharding, training
 from splitjax import workdir as wd
 from splitjax.errors import ConfigError
 
@@ -198,6 +198,16 @@ def _check_workdir(workdir: str, config, provenance: dict) -> None:
         "(results are never overwritten)")
 
 
+def _held(workdir: str, config, provenance: dict, plan: list[Batch]) -> list[str] | None:
+  """What the workdir holds: None when its table is finished, else the ids
+  of the finished batches. Refuses another config's workdir."""
+  _check_workdir(workdir, config, provenance)
+  if os.path.exists(os.path.join(workdir, report.TABLE + ".csv")):
+    return None
+  return [b.id for b in plan
+          if os.path.exists(os.path.join(workdir, "batches", b.id + ".json"))]
+
+
 def _read_batch(path: str, batch: Batch) -> dict:
   """A finished batch file, checked against the batch it should hold."""
   try:
@@ -329,18 +339,21 @@ def run(config, workdir: str) -> list[dict]:
   configlib.check(config)
   provenance = {"config_hash": configlib.config_hash(config),
                 "git_commit": wd.git_commit()}
-  _check_workdir(workdir, config, provenance)
+  settings = grid(config)
+  plan = batches(config, settings)
   table = os.path.join(workdir, report.TABLE + ".csv")
-  if os.path.exists(table):
+  # Several hosts: process 0's workdir decides for all (they run the same batches).
+  held = sharding.from_process_0(_held, workdir, config, provenance, plan)
+  if held is None:
     logging.info("%s is complete (config %s); nothing to do", workdir,
                  provenance["config_hash"])
+    if not wd.is_writer():
+      return []
     with open(os.path.join(workdir, report.TABLE + ".md")) as f:
       print(f.read())
     with open(os.path.join(workdir, report.TABLE + ".json")) as f:
       return json.load(f)["rows"]
 
-  settings = grid(config)
-  plan = batches(config, settings)
   dataset = data.load(config.data)
   model = models.make_model(dataset.schema, config.model)
   spec = training.make_spec(config, model, dataset.train)
@@ -359,8 +372,7 @@ def run(config, workdir: str) -> list[dict]:
                dataset.train.num_examples, dataset.test.num_examples,
                [f.name for f in dataset.schema.private])
   progress = Progress(num_runs, config.train.num_epochs)
-  done = {b.id for b in plan
-          if os.path.exists(os.path.join(workdir, "batches", b.id + ".json"))}
+  done = set(held)
   progress.runs_done = sum(len(b.runs) for b in plan if b.id in done)
   progress.plan(num_runs - progress.runs_done)
   if done:
@@ -375,6 +387,10 @@ def run(config, workdir: str) -> list[dict]:
                               prefix, provenance)
     wd.write_json(os.path.join(workdir, "batches", b.id + ".json"),
                   {"batch": b.id, "runs": records, **meta})
+  if not wd.is_writer():
+    logging.info("sweep done in %.1f s; process 0 writes the tables",
+                 time.perf_counter() - start)
+    return []
   all_records, commits = [], []
   for b in plan:
     held = _read_batch(os.path.join(workdir, "batches", b.id + ".json"), b)
@@ -402,6 +418,30 @@ def run_datasets(config, workdir: str) -> list[dict]:
     raise ConfigError("datasets: no data sets to sweep; give at least one "
                       "name -> sweep config")
   names = list(config.datasets.keys())
+  sharding.from_process_0(_claim_datasets, workdir, names)
+  rows, failures = [], []
+  for name, sub in config.datasets.items():
+    logging.info("data set %s -> %s", name, os.path.join(workdir, name))
+    folder = os.path.join(workdir, name)
+    try:
+      run(sub, folder)
+    except audit.AuditViolation as e:
+      failures.append(f"{name}: {e}")
+    if wd.is_writer():
+      rows += [dict(r, dataset=name) for r in report.read_rows(folder)]
+  if not wd.is_writer():
+    return []
+  report.write_summary(workdir, rows)
+  with open(os.path.join(workdir, report.SUMMARY + ".md")) as f:
+    print(f.read())
+  if failures:
+    raise audit.AuditViolation("; ".join(failures))
+  return rows
+
+
+def _claim_datasets(workdir: str, names: list[str]) -> None:
+  """Records the data sets of a multi-data-set workdir, or refuses one that
+  holds others."""
   listed = os.path.join(workdir, "datasets.json")
   if os.path.exists(listed):
     with open(listed) as f:
@@ -413,21 +453,6 @@ def run_datasets(config, workdir: str) -> list[dict]:
   else:
     os.makedirs(workdir, exist_ok=True)
     wd.write_json(listed, {"datasets": names})
-  rows, failures = [], []
-  for name, sub in config.datasets.items():
-    logging.info("data set %s -> %s", name, os.path.join(workdir, name))
-    folder = os.path.join(workdir, name)
-    try:
-      run(sub, folder)
-    except audit.AuditViolation as e:
-      failures.append(f"{name}: {e}")
-    rows += [dict(r, dataset=name) for r in report.read_rows(folder)]
-  report.write_summary(workdir, rows)
-  with open(os.path.join(workdir, report.SUMMARY + ".md")) as f:
-    print(f.read())
-  if failures:
-    raise audit.AuditViolation("; ".join(failures))
-  return rows
 
 
 def main(config, workdir: str):

@@ -465,6 +465,8 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
   if settings.seed.shape[0] != num_settings:  # Drop the padding copies.
     trim = lambda t: jax.tree.map(lambda a: a[:num_settings], t)
     state, views = trim(state), [trim(v) for v in views]
+  # Several hosts: every host gets every setting (the attacks index them).
+  state, views = sharding.gather((state, views))
   return state, history, views
 
 
@@ -562,8 +564,8 @@ def run(config, workdir: str) -> list[dict]:
   start = time.perf_counter()
   train(trainer, jax.device_put(dataset.train), jax.device_put(dataset.test),
         settings, config.train.num_epochs, on_epoch)
-  os.replace(os.path.join(workdir, "metrics.jsonl.partial"),
-             os.path.join(workdir, "metrics.jsonl"))
+  wd.rename(os.path.join(workdir, "metrics.jsonl.partial"),
+            os.path.join(workdir, "metrics.jsonl"))
   logging.info("done in %.1f s; wrote %s", time.perf_counter() - start,
                os.path.join(workdir, "metrics.jsonl"))
   return out_rows

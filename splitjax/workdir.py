@@ -14,6 +14,7 @@ import tempfile
 
 import jax
 
+from splitjax import sharding
 from splitjax.errors import ConfigError
 
 
@@ -38,7 +39,12 @@ def git_commit() -> str:
 
 
 def refuse_finished(workdir: str, *names: str) -> None:
-  """Raises ConfigError if `workdir` already holds any of the finished files."""
+  """Raises ConfigError if `workdir` already holds any of the finished files
+  (process 0's workdir, on every process of a multi-host run)."""
+  sharding.from_process_0(_refuse_finished, workdir, names)
+
+
+def _refuse_finished(workdir: str, names) -> None:
   for name in names:
     path = os.path.join(workdir, name)
     if os.path.exists(path):
@@ -46,10 +52,21 @@ def refuse_finished(workdir: str, *names: str) -> None:
                         "another workdir (results are never overwritten)")
 
 
+def is_writer() -> bool:
+  """Whether this process writes results: process 0 of a multi-host run."""
+  return jax.process_index() == 0
+
+
+def rename(src: str, dst: str) -> None:
+  """Renames a finished file into place (process 0 only; see is_writer)."""
+  if is_writer():
+    os.replace(src, dst)
+
+
 def publish(tmp: str, path: str) -> None:
   """Renames a finished temporary file into place, readable as a normal file
   would be (mkstemp creates it 0600)."""
-  if jax.process_index() != 0:  # Multi-host: process 0 writes the results.
+  if not is_writer():  # Multi-host: process 0 writes the results.
     os.unlink(tmp)
     return
   umask = os.umask(0)

@@ -1,18 +1,29 @@
-"""Eight CPU devices give the one-device numbers: the setting axis of a
-sweep, and the record axes of EXACT and of the optimiser, sharded."""
+"""Eight CPU devices, or two processes (hosts) on this machine, give the
+one-device numbers: the setting axis of a sweep, and the record axes of EXACT
+and of the optimiser, sharded."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from conftest import REPO
 from splitjax import sweep
 from sweep_test import _grid_config, assert_rows_close
 
 
-def test_eight_cpu_devices_give_the_one_device_table(tmp_path):
+@pytest.fixture(scope="module")
+def one_device_rows(tmp_path_factory):
+  folder = tmp_path_factory.mktemp("one")
+  sweep.run(_grid_config(), str(folder))
+  return json.loads((folder / "privacy_utility.json").read_text())["rows"]
+
+
+def test_eight_cpu_devices_give_the_one_device_table(tmp_path, one_device_rows):
   eight = tmp_path / "eight"
   script = textwrap.dedent(f"""
       import sys
@@ -28,10 +39,55 @@ def test_eight_cpu_devices_give_the_one_device_table(tmp_path):
   r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  sweep.run(_grid_config(), str(tmp_path / "one"))
   rows = json.loads((eight / "privacy_utility.json").read_text())["rows"]
-  one = json.loads((tmp_path / "one" / "privacy_utility.json").read_text())["rows"]
-  assert_rows_close(rows, one)
+  assert_rows_close(rows, one_device_rows)
+
+
+def _free_port() -> int:
+  try:
+    with socket.socket() as s:
+      s.bind(("127.0.0.1", 0))
+      return s.getsockname()[1]
+  except OSError as e:
+    pytest.skip(f"no loopback socket for jax.distributed ({e})")
+
+
+def test_two_processes_give_the_one_process_table(tmp_path, one_device_rows):
+  # Two JAX processes (one CPU device each) stand in for two hosts, each with
+  # its own workdir, as on hosts without a shared file system: process 0
+  # writes the table; process 1 writes nothing. Then a different config on
+  # the same workdirs is refused on both (by process 0's workdir), not hung.
+  script = textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
+      import jax
+      jax.distributed.initialize("127.0.0.1:{_free_port()}", 2, int(sys.argv[1]))
+      assert jax.device_count() == 2 and jax.local_device_count() == 1
+      from splitjax import sweep
+      from splitjax.errors import ConfigError
+      from sweep_test import _grid_config
+      sweep.run(_grid_config(), sys.argv[2])
+      try:
+        sweep.run(_grid_config(seed=7), sys.argv[2])
+      except ConfigError as e:
+        print("refused:", e)
+      """)
+  procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(tmp_path / f"host{i}")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=600))
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert "refused: --workdir:" in out and "holds results of a different config" in out
+  rows = json.loads((tmp_path / "host0" / "privacy_utility.json").read_text())["rows"]
+  assert_rows_close(rows, one_device_rows)
+  assert not (tmp_path / "host1" / "privacy_utility.csv").exists()
 
 
 def _gradmatch_inputs():

@@ -242,7 +242,8 @@ def attack(model, schema, mech: Mechanism, view: ServerView, aux: AuxSample,
                      num_labels=schema.num_classes, num_steps=num_steps,
                      lr=learning_rate, beta_start=beta_start, beta_end=beta_end,
                      num_restarts=num_restarts, hybrid=hybrid, shared=shared))
-  loss, cats, x, label = (np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(4))
+  outs = sharding.to_host(outs)
+  loss, cats, x, label = (np.concatenate([o[i] for o in outs]) for i in range(4))
   out_cat = np.zeros((num_records, len(vocab)), np.int32)
   out_num = np.zeros((num_records, lo.shape[0]), np.float32)
   out_label = np.zeros(num_records, np.int32)
