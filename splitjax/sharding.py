@@ -81,25 +81,30 @@ def gather(tree):
 
 def from_process_0(fn, *args):
   """fn(*args) on process 0 only, its result (JSON-able) given to every
-  process, so that all take the same branch; a ConfigError it raises is
-  raised on every process. Multi-host runs use it for what process 0 reads
-  from the workdir (the hosts' workdirs need not be shared). On one process:
-  fn(*args)."""
+  process, so that all take the same branch. An error it raises is raised
+  on every process (a ConfigError as one, anything else as RuntimeError).
+  Multi-host runs use it for what process 0 reads from the workdir (the
+  hosts' workdirs need not be shared). On one process: fn(*args)."""
   if jax.process_count() == 1:
     return fn(*args)
-  out = None
+  out, failure = None, None
   if jax.process_index() == 0:
     try:
       out = {"value": fn(*args)}
-    except ConfigError as e:
-      out = {"error": str(e)}
+    except Exception as e:  # Told to every process before it is raised here.
+      failure = e
+      out = {"error": str(e), "config": isinstance(e, ConfigError)}
   data = np.frombuffer(json.dumps(out).encode(), np.uint8)
   size = int(multihost_utils.broadcast_one_to_all(np.int64(data.size)))
   if jax.process_index() != 0:
     data = np.zeros(size, np.uint8)
   out = json.loads(np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes())
+  if failure is not None:
+    raise failure
   if "error" in out:
-    raise ConfigError(out["error"])
+    if out["config"]:
+      raise ConfigError(out["error"])
+    raise RuntimeError(f"process 0 failed: {out['error']}")
   return out["value"]
 
 

@@ -76,7 +76,10 @@ def publish(tmp: str, path: str) -> None:
 
 
 def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` atomically (temporary file, then rename)."""
+  """Writes `text` to `path` atomically (temporary file, then rename); on
+  process 0 only (see is_writer)."""
+  if not is_writer():
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
