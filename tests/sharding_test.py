@@ -72,8 +72,10 @@ def test_two_processes_give_the_one_process_table(tmp_path, one_device_rows):
       except ConfigError as e:
         print("refused:", e)
       """)
+  # The processes talk over loopback only: no proxy (gRPC would use one).
+  env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
   procs = [subprocess.Popen([sys.executable, "-c", script, str(i), str(tmp_path / f"host{i}")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
            for i in range(2)]
   outs = []
   try:
