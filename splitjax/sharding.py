@@ -3,8 +3,9 @@
 One 1-D mesh over all devices (`jax.devices()`, so every host's under
 `jax.distributed.initialize()`). Training shards the leading *setting* axis of
 a shape group (padded with copies of the last setting to a multiple of the
-device count; the copies are dropped afterwards); EXACT shards the *record*
-axis of each step's batch, the optimiser that of each batch of records. The
+device count; the copies are dropped afterwards); EXACT its attacked
+*settings* (or, with fewer settings than devices, the *record* axis of each
+step's batch); the optimiser the records of each batch. The
 data and parameters that every shard needs are replicated. Under jit, XLA's
 SPMD partitioner splits the vmapped programs, so the numbers are those of one
 device (tested with XLA_FLAGS=--xla_force_host_platform_device_count=8 on

@@ -1,6 +1,7 @@
 """Eight CPU devices, or two processes (hosts) on this machine, give the
-one-device numbers: the setting axis of a sweep, and the record axes of EXACT
-and of the optimiser, sharded."""
+one-device numbers: the setting axis of a sweep (training and EXACT), and the
+record axes of EXACT (fewer settings than devices) and of the optimiser,
+sharded."""
 
 import json
 import os
@@ -30,17 +31,24 @@ def test_eight_cpu_devices_give_the_one_device_table(tmp_path, one_device_rows):
       sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
       import jax
       assert jax.device_count() == 8, jax.devices()
+      from absl import logging
+      logging.set_verbosity(logging.INFO)
       from splitjax import sharding, sweep
       assert sharding.mesh().size == 8
       from sweep_test import _grid_config
       sweep.run(_grid_config(), {str(eight)!r})
+      sweep.run(_grid_config(sweep__max_group_size=4), {str(eight) + "_small"!r})
       """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
   r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
-  rows = json.loads((eight / "privacy_utility.json").read_text())["rows"]
-  assert_rows_close(rows, one_device_rows)
+  # EXACT spreads 8 attacked settings over the 8 devices, one each; in the
+  # batches of 4 runs it has fewer settings than devices and spreads records.
+  assert "EXACT: 8 settings over 8 devices" in r.stderr
+  for folder in (eight, tmp_path / "eight_small"):
+    rows = json.loads((folder / "privacy_utility.json").read_text())["rows"]
+    assert_rows_close(rows, one_device_rows)
 
 
 def _free_port() -> int:
