@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -39,13 +40,16 @@ def mesh() -> Mesh | None:
 
 
 def pad_leading(tree, multiple: int):
-  """Pads every leaf's leading axis to a multiple, repeating the last entry."""
+  """Pads every leaf's leading axis to a multiple, repeating the last entry
+  (numpy leaves stay on the host, device arrays on their devices)."""
   n = jax.tree.leaves(tree)[0].shape[0]
   extra = -n % multiple
   if not extra:
     return tree
-  return jax.tree.map(
-      lambda a: np.concatenate([np.asarray(a)] + [np.asarray(a)[-1:]] * extra), tree)
+  def pad(a):
+    cat = np.concatenate if isinstance(a, np.ndarray) else jnp.concatenate
+    return cat([a] + [a[-1:]] * extra)
+  return jax.tree.map(pad, tree)
 
 
 def shard_axis(tree, m: Mesh, axis: int):
@@ -57,12 +61,9 @@ def shard_axis(tree, m: Mesh, axis: int):
 
 
 def to_host(tree):
-  """Every leaf as a whole numpy array on this host: jax.device_get, or, for
-  arrays spread over several hosts (not fully addressable), an all-gather
-  that every host must call."""
-  if all(getattr(a, "is_fully_addressable", True) for a in jax.tree.leaves(tree)):
-    return jax.device_get(tree)
-  return multihost_utils.process_allgather(tree, tiled=True)
+  """Every leaf as a whole numpy array on this host (see gather: every host
+  must call it when a leaf is spread over several)."""
+  return jax.device_get(gather(tree))
 
 
 def gather(tree):

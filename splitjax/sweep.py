@@ -343,8 +343,8 @@ def run(config, workdir: str) -> list[dict]:
   plan = batches(config, settings)
   table = os.path.join(workdir, report.TABLE + ".csv")
   # Several hosts: process 0's workdir decides for all (they run the same batches).
-  held = sharding.from_process_0(_held, workdir, config, provenance, plan)
-  if held is None:
+  finished = sharding.from_process_0(_held, workdir, config, provenance, plan)
+  if finished is None:
     logging.info("%s is complete (config %s); nothing to do", workdir,
                  provenance["config_hash"])
     if not wd.is_writer():
@@ -372,7 +372,7 @@ def run(config, workdir: str) -> list[dict]:
                dataset.train.num_examples, dataset.test.num_examples,
                [f.name for f in dataset.schema.private])
   progress = Progress(num_runs, config.train.num_epochs)
-  done = set(held)
+  done = set(finished)
   progress.runs_done = sum(len(b.runs) for b in plan if b.id in done)
   progress.plan(num_runs - progress.runs_done)
   if done:

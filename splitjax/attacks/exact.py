@@ -453,28 +453,11 @@ def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
   return chunk, block
 
 
-@jax.jit
-def _take_settings_jit(view, select):
-  return jax.tree.map(lambda a: a[select], view)
-
-
-def _take_settings(view, select):
-  """The selected settings of a view (numpy stays numpy: multi-host views
-  are gathered to every host)."""
-  if all(isinstance(a, np.ndarray) for a in jax.tree.leaves(view)):
-    return jax.tree.map(lambda a: a[select], view)
-  return _take_settings_jit(view, np.asarray(select, np.int32))
-
-
-def _pad_settings(views, multiple: int):
-  """Views padded on their setting axis to a multiple (copies of the last)."""
-  n = views[0].ids.shape[0]
-  extra = -n % multiple
-  if not extra:
-    return views
-  pad = lambda a: (np.concatenate([a] + [a[-1:]] * extra) if isinstance(a, np.ndarray)
-                   else jnp.concatenate([a] + [a[-1:]] * extra))
-  return [jax.tree.map(pad, v) for v in views]
+@functools.lru_cache(maxsize=4)
+def _empty_carry_on(mesh):
+  """_empty_carry, its leading setting axis sharded over the mesh."""
+  return jax.jit(_empty_carry_impl, static_argnames=("shape",),
+                 out_shardings=NamedSharding(mesh, PartitionSpec(sharding.AXIS)))
 
 
 def attack_settings(model, space: CandidateSpace, views: list[ServerView],
@@ -549,13 +532,11 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
                  local)
     static["block"] = min(block, local)
     run = functools.partial(_chunk_sharded, mesh=m)
-    picked = _pad_settings([_take_settings(v, select) for v in views], m.size)
-    args = sharding.shard_axis(
-        (tuple(picked), np.tile(np.arange(local, dtype=np.int32), m.size),
-         *sharding.pad_leading((clip_norm, noise), m.size)), m, 0)
-    carry = jax.jit(_empty_carry_impl, static_argnames=("shape",),
-                    out_shardings=NamedSharding(m, PartitionSpec(sharding.AXIS)))(
-                        shape=(local * m.size,) + shape[1:])
+    picked = tuple(jax.tree.map(lambda a: a[select], v) for v in views)
+    picked, clip_p, noise_p = sharding.pad_leading((picked, clip_norm, noise), m.size)
+    local_select = np.tile(np.arange(local, dtype=np.int32), m.size)
+    args = sharding.shard_axis((picked, local_select, clip_p, noise_p), m, 0)
+    carry = _empty_carry_on(m)(shape=(local * m.size,) + shape[1:])
   num_chunks = math.ceil(space.size / chunk)
   start = last_log = time.perf_counter()
   for i in range(num_chunks):
