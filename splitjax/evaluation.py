@@ -384,7 +384,6 @@ def run(config, workdir: str) -> dict:
   epochs = sorted(set(config.attack.epochs)) or [config.train.num_epochs]
   provenance = {"config_hash": configlib.config_hash(config), "seed": config.seed,
                 "git_commit": wd.git_commit()}
-  os.makedirs(workdir, exist_ok=True)
   wd.write_json(os.path.join(workdir, "config.json"),
                 {"config": config.to_dict(), "schema": schema.to_json(), **provenance})
 

@@ -249,6 +249,8 @@ class Progress:
   def update(self, line: str, units: float = 0.0, runs: int = 0):
     self.units_done += units
     self.runs_done += runs
+    if not wd.is_writer():  # Multi-host: process 0 reports for all.
+      return
     if self.tty:  # Clear the bar so the log line starts on a clean line.
       sys.stderr.write("\r\033[K")
     logging.info("%s | runs done %d/%d, ETA %s", line, self.runs_done,
@@ -359,7 +361,8 @@ def run(config, workdir: str) -> list[dict]:
   spec = training.make_spec(config, model, dataset.train)
   check_view_memory(config, spec, plan)
   ctx = evaluation.prepare(config, dataset, model, spec)
-  os.makedirs(os.path.join(workdir, "batches"), exist_ok=True)
+  if wd.is_writer():
+    os.makedirs(os.path.join(workdir, "batches"), exist_ok=True)
   if not os.path.exists(os.path.join(workdir, "config.json")):
     wd.write_json(os.path.join(workdir, "config.json"),
                   {"config": config.to_dict(), "schema": dataset.schema.to_json(),

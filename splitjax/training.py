@@ -532,7 +532,6 @@ def run(config, workdir: str) -> list[dict]:
                dataset.test.num_examples,
                [f.name for f in dataset.schema.private], spec.steps_per_epoch)
 
-  os.makedirs(workdir, exist_ok=True)
   wd.write_json(os.path.join(workdir, "config.json"),
                 {"config": config.to_dict(), "schema": dataset.schema.to_json(),
                  **provenance})

@@ -69,6 +69,8 @@ def test_two_processes_give_the_one_process_table(tmp_path, one_device_rows):
       import sys
       sys.path.insert(0, {os.path.join(REPO, 'tests')!r})
       import jax
+      from absl import logging
+      logging.set_verbosity(logging.INFO)
       jax.distributed.initialize("127.0.0.1:{_free_port()}", 2, int(sys.argv[1]))
       assert jax.device_count() == 2 and jax.local_device_count() == 1
       from splitjax import sweep
@@ -97,7 +99,8 @@ def test_two_processes_give_the_one_process_table(tmp_path, one_device_rows):
     assert "refused: --workdir:" in out and "holds results of a different config" in out
   rows = json.loads((tmp_path / "host0" / "privacy_utility.json").read_text())["rows"]
   assert_rows_close(rows, one_device_rows)
-  assert not (tmp_path / "host1" / "privacy_utility.csv").exists()
+  assert not (tmp_path / "host1").exists()  # No files, not even empty folders.
+  assert "runs done" in outs[0][1] and "runs done" not in outs[1][1]  # Progress: process 0.
 
 
 def _gradmatch_inputs():
