@@ -1,5 +1,6 @@
 """The absl plumbing every script shares: --config, --workdir, one-line errors."""
 
+import os
 import sys
 from collections.abc import Callable
 
@@ -9,11 +10,52 @@ from ml_collections import config_flags
 from splitjax.errors import SplitjaxError
 
 
+def _fail(message: str) -> None:
+  print(f"splitjax: error: {' '.join(message.split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _flag_error(e: Exception, argv: list[str]) -> str:
+  """One line for an exception raised while parsing the flags: a misspelt
+  --config.<field>, an unloadable config file, a value of the wrong type."""
+  if isinstance(e, flags.Error):  # A value absl or ml_collections refused.
+    head, _, trace = str(e).partition("Traceback (most recent call last):")
+    return f"{head} {trace.strip().splitlines()[-1]}" if trace.strip() else head
+  if isinstance(e, (AttributeError, KeyError)):  # --config.<path> names no field.
+    text = e.args[0] if e.args else ""
+    text = text.args[0] if isinstance(text, BaseException) and text.args else str(text)
+    name = text.splitlines()[0].strip("'\"") if text else "?"
+    hint = " ".join(line for line in text.splitlines()[1:] if "Did you mean" in line)
+    given = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+    flag = next((g for g in given if name in g.split(".")[1:]), "--config.*")
+    return f"{flag}: no such config field {name!r}" + (f" ({hint})" if hint else "")
+  config = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+  if config is not None:
+    path = config.split(":", 1)[0]
+    if not os.path.isfile(path):
+      return f"--config: no such file: {path}"
+  root = e
+  while root.__cause__ or root.__context__:  # The first failure, not its echoes.
+    root = root.__cause__ or root.__context__
+  where = f"--config={config}: " if config else ""
+  return f"{where}{type(root).__name__}: {root}"
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing; any failure prints one line and exits with status 2
+  (absl would print a traceback for a misspelt config field)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # Anything raised while parsing flags is bad input.
+    _fail(_flag_error(e, argv))
+
+
 def run_app(job: Callable[[object, str], object]) -> None:
   """Defines --config (locked) and --workdir, then runs job(config, workdir).
 
-  A SplitjaxError (bad config, bad data, a failed audit) prints one line,
-  `splitjax: error: ...`, and exits with status 2.
+  Bad flags (a misspelt config field, a missing config file, a wrong type)
+  and a SplitjaxError (bad config, bad data, a failed audit) print one line,
+  `splitjax: error: ...`, and exit with status 2.
   """
   config = config_flags.DEFINE_config_file(
       "config", None, "Experiment config file (configs/*.py[:variant]).",
@@ -37,9 +79,13 @@ def run_app(job: Callable[[object, str], object]) -> None:
       jax.distributed.initialize(coordinator.value, num_processes.value,
                                  process_id.value)
     try:
-      job(config.value, workdir.value)
+      loaded = config.value
+      loaded.keys()  # A config file that failed to load raises on first use.
+    except Exception as e:  # Bad input, as in _parse_flags.
+      _fail(_flag_error(e, sys.argv))
+    try:
+      job(loaded, workdir.value)
     except SplitjaxError as e:
-      print(f"splitjax: error: {e}", file=sys.stderr)
-      sys.exit(2)
+      _fail(str(e))
 
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
