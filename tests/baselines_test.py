@@ -50,3 +50,25 @@ def test_held_out_rows_keep_the_confidence_calibrated(held_out, calibrated):
     assert accuracy > 0.75
   else:
     assert confidence - accuracy > 0.15, (confidence, accuracy)
+
+
+def test_score_reports_each_predictions_confidence_and_calibration():
+  # The server model's scores carry kappa's mean and ECE beside each accuracy,
+  # on the masked records only (the fourth record is masked out).
+  from types import SimpleNamespace as NS
+  from splitjax import evaluation
+  schema = NS(private_categorical=[NS(name="a", vocab_size=3)], private_numeric=[],
+              num_classes=2)
+  truth = NS(x_p_cat=np.array([[0], [1], [2], [0]]), x_p_num=np.zeros((4, 0)),
+             y=np.array([0, 1, 1, 0]))
+  mask = np.array([True, True, True, False])
+  out = evaluation.score(schema, truth, None, mask, np.array([[0], [1], [0], [2]]), None,
+                         np.array([0, 1, 1, 1]),
+                         confidence={"a": np.array([0.9, 0.9, 0.9, 0.1]),
+                                     "label": np.full(4, 0.6)})
+  a, label = out["features"]["a"], out["label"]
+  assert a["accuracy"] == pytest.approx(2 / 3) and a["mean_confidence"] == pytest.approx(0.9)
+  assert a["ece"] == pytest.approx(0.9 - 2 / 3)
+  assert label["accuracy"] == 1.0 and label["ece"] == pytest.approx(0.4)
+  assert "mean_confidence" not in evaluation.score(
+      schema, truth, None, mask, np.array([[0], [1], [0], [2]]), None, None)["features"]["a"]
