@@ -84,6 +84,8 @@ def run_app(job: Callable[[object, str], object]) -> None:
     except Exception as e:  # Bad input, as in _parse_flags.
       _fail(_flag_error(e, sys.argv))
     try:
+      from splitjax import sharding, workdir as wd  # After distributed init.
+      sharding.from_process_0(wd.check_writable, workdir.value)
       job(loaded, workdir.value)
     except SplitjaxError as e:
       _fail(str(e))

@@ -38,6 +38,32 @@ def git_commit() -> str:
   return commit + ("-dirty" if dirty else "")
 
 
+def check_writable(workdir: str) -> None:
+  """Raises ConfigError unless `workdir` is a folder this process can write
+  in, or can be made one. It leaves nothing behind: folders it had to make
+  for the probe are removed again."""
+  target = os.path.abspath(workdir)
+  missing, probe = [], target
+  while not os.path.lexists(probe):
+    missing.append(probe)
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise ConfigError(f"--workdir: {probe} exists and is not a folder")
+  try:
+    os.makedirs(target, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target, prefix=".tmp-probe")
+    os.close(fd)
+    os.unlink(tmp)
+  except OSError as e:
+    raise ConfigError(f"--workdir: cannot write in {target}: {e.strerror}") from None
+  finally:
+    for folder in missing:  # Deepest first; a job that fails later made none.
+      try:
+        os.rmdir(folder)
+      except OSError:
+        pass
+
+
 def refuse_finished(workdir: str, *names: str) -> None:
   """Raises ConfigError if `workdir` already holds any of the finished files
   (process 0's workdir, on every process of a multi-host run)."""

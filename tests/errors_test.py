@@ -177,3 +177,18 @@ def test_cli_bad_flag_is_one_line_not_a_traceback(tmp_path, flag, expected):
   assert len(lines) == 1 and lines[0].startswith("splitjax: error: "), r.stderr[-2000:]
   assert expected in lines[0]
   assert not (tmp_path / "run").exists()
+
+
+def test_cli_unusable_workdir_is_one_line_and_leaves_nothing(tmp_path):
+  # A file where the workdir (or a folder above it) should be: refused before
+  # any work, in one line, and the probe leaves no folder behind.
+  (tmp_path / "afile").write_text("")
+  for workdir in (tmp_path / "afile", tmp_path / "afile" / "run"):
+    r = _train_cli([f"--config={REPO}/configs/synthetic.py:smoke", f"--workdir={workdir}"],
+                   tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert [l for l in r.stderr.splitlines() if l.startswith("splitjax:")] == [
+        f"splitjax: error: --workdir: {tmp_path / 'afile'} exists and is not a folder"]
+  from splitjax import workdir as wd
+  wd.check_writable(str(tmp_path / "new" / "deeper"))  # Writable: fine, and nothing made.
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
