@@ -12,6 +12,8 @@ how the device defaults in splitjax.attacks.exact.default_chunk_mb were
 chosen.
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 from absl import app, flags
@@ -22,7 +24,11 @@ from splitjax.attacks import exact, knowledge
 
 _CHUNK_MB = flags.DEFINE_list("chunk_mb", ["4", "16", "64", "256", "1024"],
                               "Per-step buffer targets to time, MiB.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per value.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per value.", lower_bound=1)
+flags.register_validator(
+    "chunk_mb", lambda v: bool(v) and all(re.fullmatch(r"\d+(\.\d+)?", x) and float(x) > 0
+                                          for x in v),
+    "must list positive numbers of MiB")
 _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
 
 

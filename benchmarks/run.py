@@ -27,8 +27,11 @@ from benchmarks import workloads as w
 from splitjax import workdir
 from splitjax.attacks import gradmatch
 
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.", lower_bound=1)
 _ONLY = flags.DEFINE_list("only", ["w1", "w2", "w3", "w4"], "Workloads to run.")
+flags.register_validator(  # A typo would otherwise write an empty page.
+    "only", lambda v: bool(v) and set(v) <= {"w1", "w2", "w3", "w4"},
+    "must list workloads among w1, w2, w3, w4")
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/benchmarks", "Output folder.")
 _TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "TFDS cache (default ~/tensorflow_datasets).")
 _TORCH = flags.DEFINE_bool("torch", True, "Run the PyTorch references when torch imports.")

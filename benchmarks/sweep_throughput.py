@@ -23,7 +23,7 @@ from absl import app, flags
 from benchmarks import workloads as w
 from splitjax import workdir
 
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per driver.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per driver.", lower_bound=1)
 _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
 
 
