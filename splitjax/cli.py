@@ -5,6 +5,7 @@ import sys
 from collections.abc import Callable
 
 from absl import app, flags
+import ml_collections
 from ml_collections import config_flags
 
 from splitjax.errors import SplitjaxError
@@ -21,14 +22,15 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
   if isinstance(e, flags.Error):  # A value absl or ml_collections refused.
     head, _, trace = str(e).partition("Traceback (most recent call last):")
     return f"{head} {trace.strip().splitlines()[-1]}" if trace.strip() else head
-  if isinstance(e, (AttributeError, KeyError)):  # --config.<path> names no field.
+  if isinstance(e, (AttributeError, KeyError)):  # --config.<path> names no field?
     text = e.args[0] if e.args else ""
     text = text.args[0] if isinstance(text, BaseException) and text.args else str(text)
     name = text.splitlines()[0].strip("'\"") if text else "?"
     hint = " ".join(line for line in text.splitlines()[1:] if "Did you mean" in line)
     given = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
-    flag = next((g for g in given if name in g.split(".")[1:]), "--config.*")
-    return f"{flag}: no such config field {name!r}" + (f" ({hint})" if hint else "")
+    flag = next((g for g in given if name in g.split(".")[1:]), None)
+    if flag:
+      return f"{flag}: no such config field {name!r}" + (f" ({hint})" if hint else "")
   config = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
   if config is not None:
     path = config.split(":", 1)[0]
@@ -78,11 +80,15 @@ def run_app(job: Callable[[object, str], object]) -> None:
       import jax
       jax.distributed.initialize(coordinator.value, num_processes.value,
                                  process_id.value)
-    try:
-      loaded = config.value
-      loaded.keys()  # A config file that failed to load raises on first use.
-    except Exception as e:  # Bad input, as in _parse_flags.
-      _fail(_flag_error(e, sys.argv))
+    loaded = config.value
+    if not isinstance(loaded, ml_collections.ConfigDict):
+      try:  # A config file that failed to load stands in a proxy that raises.
+        loaded.to_dict()
+      except AttributeError:  # Not the proxy: get_config returned something else.
+        pass
+      except Exception as e:  # Bad input, as in _parse_flags.
+        _fail(_flag_error(e, sys.argv))
+      _fail(f"--config: get_config() returned {type(loaded).__name__}, not a ConfigDict")
     try:
       from splitjax import sharding, workdir as wd  # After distributed init.
       sharding.from_process_0(wd.check_writable, workdir.value)

@@ -164,9 +164,18 @@ def test_cli_bad_input_exits_nonzero_with_one_line_and_no_workdir(tmp_path):
     ("--config=configs/no_such.py", "--config: no such file: configs/no_such.py"),
     ("--config=configs/synthetic.py:no_variant",
      "unknown config variant 'no_variant'; known: smoke"),
+    ("--config={tmp}/returns_int.py",
+     "--config: get_config() returned int, not a ConfigDict"),
+    ("--config={tmp}/fails_on_import.py",
+     "--config={tmp}/fails_on_import.py: AttributeError: module 'os' has no attribute "
+     "'no_such_name'"),
 ])
 def test_cli_bad_flag_is_one_line_not_a_traceback(tmp_path, flag, expected):
-  # absl and ml_collections would print a traceback for some of these.
+  # absl and ml_collections would print a traceback for each of these.
+  (tmp_path / "returns_int.py").write_text("def get_config():\n  return 3\n")
+  (tmp_path / "fails_on_import.py").write_text(
+      "import os\nos.no_such_name\ndef get_config():\n  return None\n")
+  flag, expected = flag.format(tmp=tmp_path), expected.format(tmp=tmp_path)
   config = [] if flag.startswith("--config=") else [
       f"--config={REPO}/configs/synthetic.py:smoke"]
   r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py"), *config,
