@@ -10,7 +10,7 @@
 #   bash benchmarks/device_session.sh smoke   # install, devices, the smoke sweep (seconds)
 #   bash benchmarks/device_session.sh bench   # benchmarks.run + sweep_throughput
 #   bash benchmarks/device_session.sh adult   # the README's main command
-# Without $OUT (a dry run on a CPU) the files go to ./device_out.
+# Without $OUT (a dry run on a CPU) the files go to ./device_out/<time>/.
 #
 # The device image has jax, flax, optax, chex, absl-py, numpy, scipy, etils,
 # protobuf, pyarrow and matplotlib, not dp-accounting, tensorflow-datasets or
@@ -57,7 +57,7 @@ setup() {
     exit 2
   fi
   install
-  OUT="${OUT:-$PWD/device_out}"
+  OUT="${OUT:-$PWD/device_out/$(date +%Y%m%d-%H%M%S)}"
   mkdir -p "$OUT"
   export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
   python3 -c "import jax; print('devices:', jax.devices())" | tee "$OUT/stage.log"

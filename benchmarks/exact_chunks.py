@@ -30,10 +30,12 @@ flags.register_validator(
                                           for x in v),
     "must list positive numbers of MiB")
 _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
 
 def main(argv):
   del argv
+  w.refuse_existing(_OVERWRITE.value, _OUT.value)
   ds, model, space, view = w.w1_setup()
   n = ds.train.num_examples
   cands = int(view.ids.size) * space.size * space.num_labels

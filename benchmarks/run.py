@@ -35,10 +35,13 @@ flags.register_validator(  # A typo would otherwise write an empty page.
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/benchmarks", "Output folder.")
 _TFDS_DIR = flags.DEFINE_string("tfds_dir", None, "TFDS cache (default ~/tensorflow_datasets).")
 _TORCH = flags.DEFINE_bool("torch", True, "Run the PyTorch references when torch imports.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace this device's page in --out_dir.")
 
 
 def main(argv):
   del argv
+  base = os.path.join(_OUT_DIR.value, w.device_name())
+  w.refuse_existing(_OVERWRITE.value, base + ".md", base + ".json")
   r = _REPEATS.value
   use_torch = _TORCH.value and tr.available()
   out = {"device": w.device_name(), "machine": w.machine_line(),
@@ -128,7 +131,6 @@ def main(argv):
   text = report(out, r)
   print(text)
   os.makedirs(_OUT_DIR.value, exist_ok=True)
-  base = os.path.join(_OUT_DIR.value, out["device"])
   workdir.write_text(base + ".md", text)
   workdir.write_text(base + ".json", json.dumps(out, indent=2) + "\n")
 

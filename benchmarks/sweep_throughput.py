@@ -25,10 +25,12 @@ from splitjax import workdir
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per driver.", lower_bound=1)
 _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists.")
 
 
 def main(argv):
   del argv
+  w.refuse_existing(_OVERWRITE.value, _OUT.value)
   _, ds, _, spec = w.w2_setup()
   vmapped, sequential, diff, _ = w.w3(spec, ds, _REPEATS.value)
   (group, group_cpu), (single, single_cpu) = w.w3_phases(spec, ds, _REPEATS.value)

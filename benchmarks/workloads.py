@@ -87,6 +87,16 @@ def cpu_model() -> tuple[str, str]:
   return fields.get("model name", ""), fields.get("cpu family", "")
 
 
+def refuse_existing(overwrite: bool, *paths: str) -> None:
+  """Stops before a run whose page would replace one already there (a
+  finished result is never overwritten unasked; git keeps committed ones)."""
+  there = [p for p in paths if p and os.path.exists(p)]
+  if there and not overwrite:
+    raise SystemExit(f"benchmarks: {', '.join(there)} already "
+                     f"{'exist' if len(there) > 1 else 'exists'}; pass --overwrite to "
+                     "replace, or write elsewhere (--out_dir / --out)")
+
+
 def device_name() -> str:
   """e.g. cpu-amd-epyc-family26-2cores[-2devices], or the accelerator's kind.
 

@@ -201,3 +201,14 @@ def test_cli_unusable_workdir_is_one_line_and_leaves_nothing(tmp_path):
   from splitjax import workdir as wd
   wd.check_writable(str(tmp_path / "new" / "deeper"))  # Writable: fine, and nothing made.
   assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_benchmark_page_is_not_replaced_unasked(tmp_path):
+  from benchmarks import workloads
+  page = tmp_path / "cpu.md"
+  workloads.refuse_existing(False, str(page), "")  # Nothing there yet: fine.
+  page.write_text("finished")
+  with pytest.raises(SystemExit, match=r"cpu.md already exists; pass --overwrite"):
+    workloads.refuse_existing(False, str(page))
+  workloads.refuse_existing(True, str(page))
+  assert page.read_text() == "finished"
