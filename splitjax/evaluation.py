@@ -166,6 +166,10 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
   names = tuple(config.attack.names)
   n = dataset.train.num_examples
   space = None
+  if "gradmatch" in names and not schema.private:
+    raise errors.ConfigError("attack.names: gradmatch optimises private features, and "
+                             "data.private_features is empty (EXACT attacks the label "
+                             "alone)")
   if {"exact", "bayes_exact"} & set(names):
     ex = config.attack.exact
     space = knowledge.candidate_space(schema, tuple(ex.numeric_grids))

@@ -212,3 +212,14 @@ def test_benchmark_page_is_not_replaced_unasked(tmp_path):
     workloads.refuse_existing(False, str(page))
   workloads.refuse_existing(True, str(page))
   assert page.read_text() == "finished"
+
+
+def test_gradmatch_without_private_features_is_refused_before_training():
+  from splitjax import evaluation
+  c = small_config(data__private_features=())
+  c.attack.names = ("prior", "exact", "gradmatch")
+  ds = data.load(c.data)
+  model = models.make_model(ds.schema, c.model)
+  with pytest.raises(ConfigError, match=r"attack.names: gradmatch optimises private "
+                                        r"features, and data.private_features is empty"):
+    evaluation.prepare(c, ds, model, training.make_spec(c, model, ds.train))

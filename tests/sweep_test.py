@@ -149,6 +149,16 @@ def test_vmapped_and_one_by_one_settings_give_the_same_numbers(tmp_path):
   assert together[2]["epsilon_pld"] > together[3]["epsilon_pld"]
 
 
+def test_label_only_sweep_without_private_features(tmp_path):
+  # The device holds only the label: EXACT and Bayes enumerate the labels
+  # alone (this crashed in the candidate encoding before 2026-12-04).
+  rows = sweep.run(_grid_config(data__private_features=(), sweep__label_epsilons=(),
+                                sweep__noise_multipliers=(2.0,)), str(tmp_path))
+  undefended = {r["setting"]: r for r in rows}["none"]
+  assert undefended["exact/label"] == 1.0 and undefended["bayes_exact/label"] == 1.0
+  assert not any(k.startswith("exact/p_cat") for k in undefended)
+
+
 def test_sweep_config_errors(tmp_path):
   c = _grid_config()
   c.sweep.undefended = False

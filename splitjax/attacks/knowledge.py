@@ -83,6 +83,8 @@ class CandidateSpace:
              for j, r in enumerate(self.radices[:self.num_categorical])]
     for k, grid in enumerate(self.grids):
       parts.append(jnp.asarray(grid, jnp.float32)[digits[:, self.num_categorical + k]][:, None])
+    if not parts:  # No private features: the label alone is attacked.
+      return jnp.zeros((digits.shape[0], 0), jnp.float32)
     return jnp.concatenate(parts, axis=-1)
 
 
