@@ -223,3 +223,21 @@ def test_gradmatch_without_private_features_is_refused_before_training():
   with pytest.raises(ConfigError, match=r"attack.names: gradmatch optimises private "
                                         r"features, and data.private_features is empty"):
     evaluation.prepare(c, ds, model, training.make_spec(c, model, ds.train))
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "unwritable"])
+def test_unusable_tfds_dir_is_a_data_error(tmp_path, monkeypatch, where):
+  from splitjax.data import builders
+  (tmp_path / "afile").write_text("")
+  tfds_dir = {"file": tmp_path / "afile", "under_file": tmp_path / "afile" / "x",
+              "unwritable": tmp_path / "tfds"}[where]
+  if where == "unwritable":  # Tests may run as root, whom chmod does not stop.
+    def refuse(self, *args, **kwargs):
+      raise PermissionError(13, "Permission denied", str(tfds_dir / "adult"))
+    monkeypatch.setattr(builders.tfds.core.DatasetBuilder, "download_and_prepare", refuse)
+    pattern = r"data.tfds_dir: cannot prepare adult in .*tfds: Permission denied: "
+  else:
+    pattern = r"afile: data.tfds_dir \(.*\) is not a folder"
+  c = small_config("adult", data__private_features=("sex",), data__tfds_dir=str(tfds_dir))
+  with pytest.raises(DataError, match=pattern):
+    data.load(c.data)

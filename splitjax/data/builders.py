@@ -159,11 +159,21 @@ def load(name: str, *, tfds_dir: str, manual_dir: str,
                                 verify_checksums)
   else:
     files = None
-  builder = BUILDERS[name](files=files, data_dir=os.path.expanduser(tfds_dir))
+  data_dir = os.path.expanduser(tfds_dir)
+  probe = data_dir
+  while probe and not os.path.lexists(probe):  # The part that exists must be folders.
+    probe = os.path.dirname(probe)
+  if probe and not os.path.isdir(probe):
+    raise DataError(f"{probe}: data.tfds_dir ({tfds_dir}) is not a folder")
+  builder = BUILDERS[name](files=files, data_dir=data_dir)
   if not os.path.isdir(builder.data_dir):
     logging.info("preparing %s once into %s", name, builder.data_dir)
   tfds.disable_progress_bar()
-  builder.download_and_prepare()
+  try:
+    builder.download_and_prepare()
+  except PermissionError as e:
+    raise DataError(f"data.tfds_dir: cannot prepare {name} in {data_dir}: "
+                    f"{e.strerror}: {e.filename}") from None
   return {split: _read_split(builder, split, source.spec)
           for split in builder.info.splits}
 
