@@ -21,6 +21,7 @@ KNOWLEDGE = ("white_box", "stale", "none")
 ATTACKS = ("prior", "server_model", "exact", "bayes_exact", "gradmatch",
            "label_norm", "label_direction")
 BAYES_PRIORS = ("server_model", "marginal", "uniform")
+EXACT_METRICS = ("l2", "cosine")
 PRIVATE_ENCODINGS = ("one_hot", "embed")
 
 
@@ -223,6 +224,8 @@ def check(config: ml_collections.ConfigDict) -> None:
         f"must be positive, got {a.exact.chunk_candidates}")
   _need(a.exact.chunk_mb >= 0, "attack.exact.chunk_mb",
         f"must be >= 0 (0 = the device's default), got {a.exact.chunk_mb}")
+  _need(a.exact.metric in EXACT_METRICS, "attack.exact.metric",
+        f"unknown {a.exact.metric!r}; known: {list(EXACT_METRICS)}")
   _need(a.bayes.prior in BAYES_PRIORS, "attack.bayes.prior",
         f"unknown {a.bayes.prior!r}; known: {list(BAYES_PRIORS)}")
   _need(a.gradmatch.num_restarts > 0 and a.gradmatch.num_steps > 0,

@@ -118,6 +118,9 @@ CASES = {
     "target_epsilon_without_noise": (
         lambda t: small_config(defence__target_epsilon=1.0),
         ConfigError, r"defence.target_epsilon: needs defence.clip=True"),
+    "exact_metric_unknown": (  # Found only after training until 2026-12-04.
+        lambda t: small_config(attack__exact__metric="cos"),
+        ConfigError, r"attack.exact.metric: unknown 'cos'; known: \['l2', 'cosine'\]"),
     "held_out_fraction_out_of_range": (
         lambda t: small_config(attack__server_model__held_out_fraction=1.0),
         ConfigError, r"attack.server_model.held_out_fraction: must be in \[0, 1\), got 1.0"),
