@@ -21,7 +21,6 @@ KNOWLEDGE = ("white_box", "stale", "none")
 ATTACKS = ("prior", "server_model", "exact", "bayes_exact", "gradmatch",
            "label_norm", "label_direction")
 BAYES_PRIORS = ("server_model", "marginal", "uniform")
-EXACT_METRICS = ("l2", "cosine")
 PRIVATE_ENCODINGS = ("one_hot", "embed")
 
 
@@ -168,6 +167,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     ConfigError: naming the first bad field.
   """
   from splitjax import data  # The data registry.
+  from splitjax.attacks.exact import METRICS as EXACT_METRICS
   _need(config.data.name in data.DATASETS, "data.name",
         f"unknown data set {config.data.name!r}; known: {list(data.DATASETS)}")
   m, t, f = config.model, config.train, config.fsl
