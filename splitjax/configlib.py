@@ -230,6 +230,15 @@ def check(config: ml_collections.ConfigDict) -> None:
         f"unknown {a.bayes.prior!r}; known: {list(BAYES_PRIORS)}")
   _need(a.gradmatch.num_restarts > 0 and a.gradmatch.num_steps > 0,
         "attack.gradmatch", "num_restarts and num_steps must be positive")
+  _need(a.gradmatch.learning_rate > 0, "attack.gradmatch.learning_rate",
+        f"must be positive, got {a.gradmatch.learning_rate}")
+  _need(a.gradmatch.beta_start >= 0 and a.gradmatch.beta_end > 0,
+        "attack.gradmatch", "beta_start must be >= 0 (0 = no smoothing) and beta_end "
+        f"positive, got {a.gradmatch.beta_start} and {a.gradmatch.beta_end}")
+  _need(a.bayes.noiseless_scale > 0, "attack.bayes.noiseless_scale",
+        f"must be positive, got {a.bayes.noiseless_scale}")
+  _need(a.server_model.learning_rate > 0 and a.server_model.num_steps > 0,
+        "attack.server_model", "learning_rate and num_steps must be positive")
   sw = config.sweep
   _need(len(sw.seeds) > 0 and len(set(sw.seeds)) == len(sw.seeds), "sweep.seeds",
         f"needs distinct seeds, got {tuple(sw.seeds)}")

@@ -121,6 +121,12 @@ CASES = {
     "exact_metric_unknown": (  # Found only after training until 2026-12-04.
         lambda t: small_config(attack__exact__metric="cos"),
         ConfigError, r"attack.exact.metric: unknown 'cos'; known: \['l2', 'cosine'\]"),
+    "noiseless_scale_not_positive": (
+        lambda t: small_config(attack__bayes__noiseless_scale=0.0),
+        ConfigError, r"attack.bayes.noiseless_scale: must be positive, got 0.0"),
+    "gradmatch_negative_beta": (
+        lambda t: small_config(attack__gradmatch__beta_start=-1.0),
+        ConfigError, r"attack.gradmatch: beta_start must be >= 0 \(0 = no smoothing\)"),
     "held_out_fraction_out_of_range": (
         lambda t: small_config(attack__server_model__held_out_fraction=1.0),
         ConfigError, r"attack.server_model.held_out_fraction: must be in \[0, 1\), got 1.0"),
