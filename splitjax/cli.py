@@ -3,6 +3,7 @@
 import os
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from absl import app, flags
 import ml_collections
@@ -11,7 +12,7 @@ from ml_collections import config_flags
 from splitjax.errors import SplitjaxError
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
   print(f"splitjax: error: {' '.join(message.split())}", file=sys.stderr)
   sys.exit(2)
 
