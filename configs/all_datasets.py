@@ -36,5 +36,8 @@ def get_config(arg=None):
   names = [t for t in tokens if t in NAMES] or list(NAMES)
   variant = ",".join(t for t in tokens if t not in NAMES) or None
   c = ml_collections.ConfigDict()
-  c.datasets = ml_collections.ConfigDict({n: _load(n, variant) for n in names})
+  try:
+    c.datasets = ml_collections.ConfigDict({n: _load(n, variant) for n in names})
+  except ValueError as e:  # A token that is neither a data set nor a variant.
+    raise ValueError(f"{e}; data sets: {', '.join(NAMES)}") from None
   return c
