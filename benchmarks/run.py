@@ -40,11 +40,12 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace this device's page i
 
 def main(argv):
   del argv
-  base = os.path.join(_OUT_DIR.value, w.device_name())
+  device = w.device_name()
+  base = os.path.join(_OUT_DIR.value, device)
   w.refuse_existing(_OVERWRITE.value, base + ".md", base + ".json")
   r = _REPEATS.value
   use_torch = _TORCH.value and tr.available()
-  out = {"device": w.device_name(), "machine": w.machine_line(),
+  out = {"device": device, "machine": w.machine_line(),
          "jax": jax.__version__, "repeats": r,
          "local_devices": jax.local_device_count(), "commit": workdir.git_commit(),
          "torch": tr.describe() if use_torch else None}

@@ -361,8 +361,6 @@ def run(config, workdir: str) -> list[dict]:
   spec = training.make_spec(config, model, dataset.train)
   check_view_memory(config, spec, plan)
   ctx = evaluation.prepare(config, dataset, model, spec)
-  if wd.is_writer():
-    os.makedirs(os.path.join(workdir, "batches"), exist_ok=True)
   if not os.path.exists(os.path.join(workdir, "config.json")):
     wd.write_json(os.path.join(workdir, "config.json"),
                   {"config": config.to_dict(), "schema": dataset.schema.to_json(),

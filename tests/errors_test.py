@@ -190,9 +190,7 @@ def test_cli_bad_flag_is_one_line_not_a_traceback(tmp_path, flag, expected):
   flag, expected = flag.format(tmp=tmp_path), expected.format(tmp=tmp_path)
   config = [] if flag.startswith("--config=") else [
       f"--config={REPO}/configs/synthetic.py:smoke"]
-  r = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "train.py"), *config,
-                      flag, f"--workdir={tmp_path / 'run'}"], cwd=REPO, capture_output=True,
-                     text=True, timeout=300)
+  r = _train_cli([*config, flag, f"--workdir={tmp_path / 'run'}"], REPO)
   assert r.returncode == 2
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("splitjax: error: "), r.stderr[-2000:]
