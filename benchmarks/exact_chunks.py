@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from absl import app, flags
 
 from benchmarks import workloads as w
-from splitjax import workdir
+from splitjax import cli, workdir
 from splitjax.attacks import exact, knowledge
 
 _CHUNK_MB = flags.DEFINE_list("chunk_mb", ["4", "16", "64", "256", "1024"],
@@ -82,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

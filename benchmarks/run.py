@@ -24,7 +24,7 @@ from absl import app, flags, logging
 
 from benchmarks import torch_reference as tr
 from benchmarks import workloads as w
-from splitjax import workdir
+from splitjax import cli, workdir
 from splitjax.attacks import gradmatch
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.", lower_bound=1)
@@ -186,4 +186,4 @@ def report(out, repeats) -> str:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -21,7 +21,7 @@ import os
 from absl import app, flags
 
 from benchmarks import workloads as w
-from splitjax import workdir
+from splitjax import cli, workdir
 
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per driver.", lower_bound=1)
 _OUT = flags.DEFINE_string("out", "", "Markdown file to write (optional).")
@@ -80,4 +80,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

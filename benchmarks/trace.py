@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags
 
 from benchmarks import workloads as w
-from splitjax import training
+from splitjax import cli, training
 from splitjax.attacks import exact, gradmatch, knowledge
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Folder for the traces.")
@@ -132,4 +132,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

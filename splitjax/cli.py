@@ -44,11 +44,15 @@ def _flag_error(e: Exception, argv: list[str]) -> str:
   return f"{where}{type(root).__name__}: {root}"
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing; any failure prints one line and exits with status 2
-  (absl would print a traceback for a misspelt config field)."""
+  (absl would print a traceback for a misspelt config field). --help exits 0."""
   try:
     return flags.FLAGS(argv)
+  except SystemExit as e:  # absl's --help, --helpfull and --helpxml print,
+    if e.code == 1:        # then exit with status 1; asking for help is no error.
+      sys.exit(0)
+    raise
   except Exception as e:  # Anything raised while parsing flags is bad input.
     _fail(_flag_error(e, argv))
 
@@ -87,7 +91,7 @@ def run_app(job: Callable[[object, str], object]) -> None:
         loaded.to_dict()
       except AttributeError:  # Not the proxy: get_config returned something else.
         pass
-      except Exception as e:  # Bad input, as in _parse_flags.
+      except Exception as e:  # Bad input, as in parse_flags.
         _fail(_flag_error(e, sys.argv))
       _fail(f"--config: get_config() returned {type(loaded).__name__}, not a ConfigDict")
     try:
@@ -97,4 +101,4 @@ def run_app(job: Callable[[object, str], object]) -> None:
     except SplitjaxError as e:
       _fail(str(e))
 
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_flags)

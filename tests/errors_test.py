@@ -198,6 +198,14 @@ def test_cli_bad_flag_is_one_line_not_a_traceback(tmp_path, flag, expected):
   assert not (tmp_path / "run").exists()
 
 
+def test_cli_help_exits_zero_and_does_no_work(tmp_path):
+  # absl prints --help and then exits with status 1, as if it were an error.
+  r = _train_cli(["--help"], tmp_path)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "--config" in r.stdout and "--workdir" in r.stdout
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_unusable_workdir_is_one_line_and_leaves_nothing(tmp_path):
   # A file where the workdir (or a folder above it) should be: refused before
   # any work, in one line, and the probe leaves no folder behind.
