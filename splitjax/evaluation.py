@@ -410,7 +410,7 @@ def run(config, workdir: str) -> dict:
   eps = training.accounting_rows(config, spec, defence)
   epochs = sorted(set(config.attack.epochs)) or [config.train.num_epochs]
   provenance = {"config_hash": configlib.config_hash(config), "seed": config.seed,
-                "git_commit": wd.git_commit()}
+                "git_commit": wd.git_commit(), "software": wd.software()}
   wd.write_json(os.path.join(workdir, "config.json"),
                 {"config": config.to_dict(), "schema": schema.to_json(), **provenance})
 

@@ -125,6 +125,7 @@ def aggregate(config, schema, settings, records: list[dict], provenance: dict
     row["audit_violations"] = sum(len(r["audit_violations"]) for r in recs)
     row["config_hash"] = provenance["config_hash"]
     row["git_commit"] = provenance["git_commit"]
+    row["software"] = provenance["software"]
     row["per_seed"] = per_seed
     rows.append(row)
   return rows
@@ -191,7 +192,8 @@ def to_markdown(rows: list[dict], schema, config, provenance: dict) -> str:
            f"seeds {' '.join(str(s) for s in config.sweep.seeds)}, "
            f"{config.train.num_epochs} epochs, attacks after epoch "
            f"{attack_epoch(config)}, clip norm {config.defence.clip_norm:g}, "
-           f"delta {config.defence.delta:g}. Mean ± 95 % t-interval over seeds.", "",
+           f"delta {config.defence.delta:g}; {provenance['software']}. "
+           "Mean ± 95 % t-interval over seeds.", "",
            "| setting | sigma | eps_label | eps (PLD) | eps (RDP) | eps total "
            "| test AUC | accuracy | AUC gain | audit violations |",
            "|---|---|---|---|---|---|---|---|---|---|"]
@@ -345,6 +347,7 @@ def write(folder: str, config, schema, settings, records: list[dict],
   wd.write_json(os.path.join(folder, TABLE + ".json"),
                 _jsonable({"rows": rows, "config_hash": provenance["config_hash"],
                            "git_commit": provenance["git_commit"],
+                           "software": provenance["software"],
                            "seeds": list(config.sweep.seeds)}))
   # The CSV last: its presence marks a finished sweep.
   wd.write_text(os.path.join(folder, TABLE + ".csv"), to_csv(rows))

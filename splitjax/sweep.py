@@ -340,7 +340,7 @@ def run(config, workdir: str) -> list[dict]:
   """The sweep job; returns the table rows (see splitjax.report)."""
   configlib.check(config)
   provenance = {"config_hash": configlib.config_hash(config),
-                "git_commit": wd.git_commit()}
+                "git_commit": wd.git_commit(), "software": wd.software()}
   settings = grid(config)
   plan = batches(config, settings)
   table = os.path.join(workdir, report.TABLE + ".csv")
@@ -392,13 +392,15 @@ def run(config, workdir: str) -> list[dict]:
     logging.info("sweep done in %.1f s; process 0 writes the tables",
                  time.perf_counter() - start)
     return []
-  all_records, commits = [], []
-  for b in plan:
+  all_records, commits, software = [], [], []
+  for b in plan:  # A resumed sweep names every commit and jax its batches ran on.
     held = _read_batch(os.path.join(workdir, "batches", b.id + ".json"), b)
     all_records += held["runs"]
     commits.append(held["git_commit"])
+    software.append(held.get("software", "unrecorded"))  # Older batch files.
   rows = report.write(workdir, config, dataset.schema, settings, all_records,
-                      dict(provenance, git_commit="+".join(dict.fromkeys(commits))))
+                      dict(provenance, git_commit="+".join(dict.fromkeys(commits)),
+                           software=" + ".join(dict.fromkeys(software))))
   logging.info("sweep done in %.1f s; wrote %s", time.perf_counter() - start, table)
   with open(os.path.join(workdir, report.TABLE + ".md")) as f:
     print(f.read())

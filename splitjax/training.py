@@ -526,7 +526,8 @@ def run(config, workdir: str) -> list[dict]:
     rows.append(dict(rows[0], use_private=0.0))
   settings = make_settings(rows)
   provenance = {"config_hash": configlib.config_hash(config),
-                "seed": config.seed, "git_commit": wd.git_commit()}
+                "seed": config.seed, "git_commit": wd.git_commit(),
+                "software": wd.software()}
   logging.info("%s: %d train / %d test examples, private %s, %d steps/epoch",
                config.data.name, dataset.train.num_examples,
                dataset.test.num_examples,

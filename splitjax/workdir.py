@@ -7,12 +7,15 @@ finished result is refused rather than overwritten.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 import subprocess
 import tempfile
 
 import jax
+import numpy as np
 
 from splitjax import sharding
 from splitjax.errors import ConfigError
@@ -36,6 +39,22 @@ def git_commit() -> str:
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
   return commit + ("-dirty" if dirty else "")
+
+
+def software() -> str:
+  """What besides the config and seed decides the numbers, e.g. 'jax 0.10.2,
+  jaxlib 0.10.2, numpy 2.4.6, python 3.11.7 on cpu'.
+
+  The same config and seed give identical numbers with the same jax and
+  device; another jax version may compile the same program to round
+  differently (README, "Sweeps").
+  """
+  try:
+    jaxlib = importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    jaxlib = "unknown"
+  return (f"jax {jax.__version__}, jaxlib {jaxlib}, numpy {np.__version__}, "
+          f"python {platform.python_version()} on {jax.devices()[0].device_kind}")
 
 
 def check_writable(workdir: str) -> None:

@@ -8,11 +8,12 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
 from conftest import REPO, small_config
-from splitjax import report, sweep
+from splitjax import report, sweep, workdir as wd
 from splitjax.errors import ConfigError
 
 # configs/synthetic.py:smoke with a small grid: server-only, none, one sigma,
@@ -77,10 +78,24 @@ def test_kill_and_resume_ends_with_the_uninterrupted_table(tmp_path):
           == (straight / "privacy_utility.csv").read_text())
   assert (json.loads((killed / "privacy_utility.json").read_text())
           == json.loads((straight / "privacy_utility.json").read_text()))
+  rows = json.loads((killed / "privacy_utility.json").read_text())["rows"]
+  assert {r["software"] for r in rows} == {wd.software()}
+  assert f"jax {jax.__version__}, " in wd.software()
+
+  # Batches from another jax: every row names both (numbers may round differently).
+  import shutil
+  mixed = tmp_path / "mixed"
+  shutil.copytree(killed, mixed)
+  (mixed / "privacy_utility.csv").unlink()
+  held = json.loads((mixed / "batches" / finished[0]).read_text())
+  held["software"] = "jax 0.0.1, elsewhere"
+  (mixed / "batches" / finished[0]).write_text(json.dumps(held))
+  rows = sweep.run(_cli_config(), str(mixed))
+  assert {frozenset(r["software"].split(" + ")) for r in rows} == {
+      frozenset({"jax 0.0.1, elsewhere", wd.software()})}
 
   # A damaged batch file is named, not trusted.
   broken = tmp_path / "broken"
-  import shutil
   shutil.copytree(killed, broken)
   (broken / "privacy_utility.csv").unlink()
   (broken / "batches" / finished[0]).write_text("{not json")

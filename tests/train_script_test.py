@@ -1,5 +1,6 @@
 """scripts/train.py end to end: writes its files, never overwrites a result."""
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ def test_smoke_run_writes_config_and_metrics_and_refuses_rerun(tmp_path):
   for row in rows:
     assert 0.5 < row["test_auc"] <= 1 and row["examples_per_second"] > 0
     assert {"config_hash", "seed", "git_commit", "auc_gain"} <= set(row)
+    assert row["software"].startswith(f"jax {importlib.metadata.version('jax')}, ")
   assert "examples/s" in r.stderr and "epoch 2/2" in r.stderr
 
   before = (workdir / "metrics.jsonl").read_bytes()
