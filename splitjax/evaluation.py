@@ -409,8 +409,7 @@ def run(config, workdir: str) -> dict:
   defence = training.defence_setting(config, spec)
   eps = training.accounting_rows(config, spec, defence)
   epochs = sorted(set(config.attack.epochs)) or [config.train.num_epochs]
-  provenance = {"config_hash": configlib.config_hash(config), "seed": config.seed,
-                "git_commit": wd.git_commit(), "software": wd.software()}
+  provenance = wd.provenance(configlib.config_hash(config), seed=config.seed)
   wd.write_json(os.path.join(workdir, "config.json"),
                 {"config": config.to_dict(), "schema": schema.to_json(), **provenance})
 

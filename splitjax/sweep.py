@@ -339,8 +339,7 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
 def run(config, workdir: str) -> list[dict]:
   """The sweep job; returns the table rows (see splitjax.report)."""
   configlib.check(config)
-  provenance = {"config_hash": configlib.config_hash(config),
-                "git_commit": wd.git_commit(), "software": wd.software()}
+  provenance = wd.provenance(configlib.config_hash(config))
   settings = grid(config)
   plan = batches(config, settings)
   table = os.path.join(workdir, report.TABLE + ".csv")

@@ -525,9 +525,7 @@ def run(config, workdir: str) -> list[dict]:
   if config.train.server_only_baseline:
     rows.append(dict(rows[0], use_private=0.0))
   settings = make_settings(rows)
-  provenance = {"config_hash": configlib.config_hash(config),
-                "seed": config.seed, "git_commit": wd.git_commit(),
-                "software": wd.software()}
+  provenance = wd.provenance(configlib.config_hash(config), seed=config.seed)
   logging.info("%s: %d train / %d test examples, private %s, %d steps/epoch",
                config.data.name, dataset.train.num_examples,
                dataset.test.num_examples,

@@ -57,6 +57,13 @@ def software() -> str:
           f"python {platform.python_version()} on {jax.devices()[0].device_kind}")
 
 
+def provenance(config_hash: str, **extra) -> dict:
+  """What every result records: the config hash, the commit, the software
+  and any `extra` fields (a run's seed)."""
+  return {"config_hash": config_hash, **extra, "git_commit": git_commit(),
+          "software": software()}
+
+
 def check_writable(workdir: str) -> None:
   """Raises ConfigError unless `workdir` is a folder this process can write
   in, or can be made one. It leaves nothing behind: folders it had to make
