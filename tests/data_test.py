@@ -8,10 +8,10 @@ import sys
 import numpy as np
 import pytest
 
-from splitjax import data
+from splitjax import configlib, data
 from splitjax.data import builders, official, synthetic
 from splitjax.data.schema import LABEL
-from conftest import small_config
+from conftest import REPO, small_config
 
 
 @pytest.fixture(scope="module")
@@ -155,12 +155,19 @@ def test_user_csv(tmp_path):
     rows.append(f"{rng.choice(['red', 'blue'])},{rng.choice(['S', 'M', 'L'])},"
                 f"{rng.normal():.3f},{rng.choice(['yes', 'no'])},x{i}")
   path.write_text("\n".join(rows) + "\n")
-  c = small_config("csv", data__private_features=("size",))
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  try:
+    import user_csv  # configs/user_csv.py, the documented way in.
+  finally:
+    sys.path.pop(0)
+  c = user_csv.get_config("smoke")
+  c.data.private_features = ("size",)
   c.data.csv.path = str(path)
   c.data.csv.categorical = ("colour", "size")
   c.data.csv.numeric = ("weight",)
   c.data.csv.label = "ok"
   c.data.csv.ignore = ("note",)
+  configlib.check(c)
   ds = data.load(c.data)
   assert ds.train.num_examples == 160 and ds.test.num_examples == 40
   assert ds.schema.label_vocab == ("no", "yes")
