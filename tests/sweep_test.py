@@ -113,13 +113,10 @@ def test_kill_and_resume_ends_with_the_uninterrupted_table(tmp_path):
 
 
 def _grid_config(**overrides):
-  c = small_config(data__synthetic__num_examples=1600, **overrides)
-  c.sweep.noise_multipliers = (0.5, 2.0)
-  c.sweep.label_epsilons = (1.0,)
-  c.sweep.seeds = (0, 1)
-  c.sweep.plots = False
-  c.attack.names = ("prior", "exact", "bayes_exact", "label_direction")
-  return c
+  grid = dict(data__synthetic__num_examples=1600, sweep__noise_multipliers=(0.5, 2.0),
+              sweep__label_epsilons=(1.0,), sweep__seeds=(0, 1), sweep__plots=False,
+              attack__names=("prior", "exact", "bayes_exact", "label_direction"))
+  return small_config(**{**grid, **overrides})  # The caller's fields win.
 
 
 def _float(x):
@@ -151,8 +148,21 @@ def assert_rows_close(rows_a, rows_b):
         assert v == w or (v != v and w != w), (a["setting"], k)
 
 
+def _assert_plots(folder, names):
+  """Each plot is a finished PNG with something drawn on it."""
+  import matplotlib.pyplot as plt
+  pngs = sorted(p.name for p in folder.iterdir() if "png" in p.name)
+  assert pngs == sorted(names), pngs  # No temporary file left behind.
+  for name in names:
+    image = plt.imread(folder / name)
+    assert image.shape[0] > 200 and image.shape[1] > 300, (name, image.shape)
+    assert (image[..., :3] < 0.5).mean() > 0.005, name  # Not a blank page.
+
+
 def test_vmapped_and_one_by_one_settings_give_the_same_numbers(tmp_path):
-  together = sweep.run(_grid_config(), str(tmp_path / "together"))
+  together = sweep.run(_grid_config(sweep__plots=True), str(tmp_path / "together"))
+  _assert_plots(tmp_path / "together", ["auc_vs_epsilon.png", "attack_vs_epsilon.png",
+                                        "accuracy_over_epochs.png"])
   one_by_one = sweep.run(_grid_config(sweep__max_group_size=1), str(tmp_path / "alone"))
   assert [r["setting"] for r in together] == [
       "server_only", "none", "noise_sigma0.5", "noise_sigma2", "label_eps1"]
@@ -168,7 +178,10 @@ def test_label_only_sweep_without_private_features(tmp_path):
   # The device holds only the label: EXACT and Bayes enumerate the labels
   # alone (this crashed in the candidate encoding before 2026-12-04).
   rows = sweep.run(_grid_config(data__private_features=(), sweep__label_epsilons=(),
-                                sweep__noise_multipliers=(2.0,)), str(tmp_path))
+                                sweep__noise_multipliers=(2.0,), sweep__plots=True),
+                   str(tmp_path))
+  _assert_plots(tmp_path, ["auc_vs_epsilon.png", "attack_vs_epsilon.png",
+                           "accuracy_over_epochs.png"])  # The label panel alone.
   undefended = {r["setting"]: r for r in rows}["none"]
   assert undefended["exact/label"] == 1.0 and undefended["bayes_exact/label"] == 1.0
   assert not any(k.startswith("exact/p_cat") for k in undefended)
