@@ -45,8 +45,6 @@ from splitjax import report, sharding, training
 from splitjax import workdir as wd
 from splitjax.errors import ConfigError
 
-MODEL_ATTACKS = ("exact", "bayes_exact", "gradmatch")
-
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
@@ -311,7 +309,7 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
     noisy = np.asarray(state.labels)[np.asarray(attacked)]
   names = ctx.names
   if batch.knowledge == "none":
-    names = tuple(a for a in names if a not in MODEL_ATTACKS)
+    names = tuple(a for a in names if a not in report.MODEL_ATTACKS)
   start = time.perf_counter()
   results = []
   if attacked:
