@@ -174,6 +174,31 @@ def test_vmapped_and_one_by_one_settings_give_the_same_numbers(tmp_path):
   assert together[2]["epsilon_pld"] > together[3]["epsilon_pld"]
 
 
+def test_fsl_sweep_over_knowledge_settings_with_a_target_epsilon(tmp_path):
+  # One shape group per knowledge setting; the noise row's sigma is
+  # calibrated to the target; "none" runs no attack that needs the device
+  # model. Undefended white-box EXACT (each client's current head) is exact.
+  c = _grid_config(train__mode="fsl", fsl__num_clients=4, fsl__local_steps=4,
+                   fsl__client_batch_size=16, train__device_learning_rate=0.05,
+                   sweep__noise_multipliers=(),
+                   sweep__target_epsilons=(8.0,), sweep__label_epsilons=(),
+                   sweep__seeds=(0,), sweep__knowledge=("white_box", "stale", "none"),
+                   attack__names=("prior", "exact", "label_norm"))
+  rows = {r["setting"]: r for r in sweep.run(c, str(tmp_path))}
+  assert list(rows) == [f"{k}/{s}" for k in ("white_box", "stale", "none")
+                        for s in ("server_only", "none", "noise_eps8")]
+  for k in ("white_box", "stale", "none"):
+    noised = rows[f"{k}/noise_eps8"]
+    assert 7.99 < noised["epsilon_pld"] <= 8.0, noised["epsilon_pld"]
+    assert ("exact/label" in noised) == (k != "none")
+    assert "label_norm/label" in noised
+  assert rows["white_box/none"]["exact/p_cat_0"] == 1.0
+  assert rows["white_box/none"]["exact/label"] == 1.0
+  # Stale heads (the round-start average) are not the ones that computed the
+  # messages, so the match is no longer exact (measured: 0.87 for p_cat_0).
+  assert rows["stale/none"]["exact/p_cat_0"] < 0.97
+
+
 def test_label_only_sweep_without_private_features(tmp_path):
   # The device holds only the label: EXACT and Bayes enumerate the labels
   # alone (this crashed in the candidate encoding before 2026-12-04).
