@@ -56,6 +56,19 @@ def test_exact_recovers_everything_without_noise(run):
   assert _acc(cos.digits, ds.train.x_p_cat, cos.seen).min() > 0.5
 
 
+def test_exact_recovers_a_three_class_label_without_noise():
+  # More than two classes: the logit gradient is softmax - onehot, not the
+  # sigmoid's closed form, and every label is its own candidate.
+  ds, model, views = _captured(small_config(data__synthetic__num_examples=1600,
+                                            data__synthetic__num_classes=3))
+  assert ds.schema.num_classes == 3 and len(np.unique(ds.train.y)) == 3
+  space = knowledge.candidate_space(ds.schema, ())
+  r = exact.attack(model, space, knowledge.Mechanism(0.0, 0.0), views[-1:],
+                   ds.train.num_examples, bayes=True)
+  np.testing.assert_array_equal(_acc(r.digits, ds.train.x_p_cat, r.seen), [1.0, 1.0])
+  assert _acc(r.label, ds.train.y, r.seen) == 1.0
+
+
 def test_exact_under_clipping_clips_candidates_too(run):
   ds, model, views = run
   view = views[-1]
