@@ -152,9 +152,10 @@ def test_user_csv(tmp_path):
   rows = ["colour,size,weight,ok,note"]
   rng = np.random.default_rng(0)
   for i in range(200):
-    rows.append(f"{rng.choice(['red', 'blue'])},{rng.choice(['S', 'M', 'L'])},"
+    rows.append(f"{rng.choice(['red', 'grün'])},{rng.choice(['S', 'M', 'L'])},"
                 f"{rng.normal():.3f},{rng.choice(['yes', 'no'])},x{i}")
-  path.write_text("\n".join(rows) + "\n")
+  # As a spreadsheet program saves it: byte-order mark, CRLF line ends.
+  path.write_bytes(("\r\n".join(rows) + "\r\n").encode("utf-8-sig"))
   sys.path.insert(0, os.path.join(REPO, "configs"))
   try:
     import user_csv  # configs/user_csv.py, the documented way in.
@@ -173,3 +174,7 @@ def test_user_csv(tmp_path):
   assert ds.schema.label_vocab == ("no", "yes")
   assert ds.schema.private[0].vocab == ("L", "M", "S")
   assert [f.name for f in ds.schema.server] == ["colour", "weight"]
+  assert ds.schema.server[0].vocab == ("grün", "red")
+  # Not UTF-8: read as Latin-1, byte for byte.
+  path.write_bytes("\n".join(rows).replace("grün", "gr\xfcn").encode("latin-1"))
+  assert data.load(c.data).schema.server[0].vocab == ("grün", "red")

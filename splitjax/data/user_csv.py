@@ -3,17 +3,33 @@
 `config.data.csv` names the file, its delimiter, the categorical and numeric
 columns, the label column and the columns to ignore; the file's header row
 must name every column. Categorical vocabularies are the sorted distinct values
-in the file. The test split is a fixed random fraction of the rows.
+in the file. The test split is a fixed random fraction of the rows. The file
+is read as UTF-8 (a byte-order mark dropped), or as Latin-1 where it is not
+valid UTF-8, and may be gzipped (`.gz`).
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import os
 
 from splitjax.data import official
 from splitjax.data.schema import Column, RawTable, TableSpec, parse_rows
 from splitjax.errors import ConfigError, DataError
+
+
+def _read_text(path: str) -> str:
+  """The file's text: UTF-8 with any byte-order mark dropped (what spreadsheet
+  programs write), else Latin-1, which decodes any bytes; `.gz` unpacked."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    raw = f.read()
+  try:
+    return raw.decode("utf-8-sig")
+  except UnicodeDecodeError:
+    return raw.decode("latin-1")
 
 
 def load(cfg, private_features) -> tuple[TableSpec, dict[str, RawTable]]:
@@ -31,8 +47,8 @@ def load(cfg, private_features) -> tuple[TableSpec, dict[str, RawTable]]:
     raise DataError(f"{path}: file not found (data.csv.path)")
   if not cfg.label:
     raise ConfigError("data.csv.label: empty; name the label column")
-  with official.open_text(path) as f:
-    rows = list(csv.reader(f, delimiter=cfg.delimiter))
+  rows = list(csv.reader(io.StringIO(_read_text(path), newline=""),
+                         delimiter=cfg.delimiter))
   if not rows:
     raise DataError(f"{path}: empty file")
   header = [h.strip() for h in rows[0]]
