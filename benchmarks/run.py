@@ -48,7 +48,9 @@ def main(argv):
   out = {"device": device, "machine": w.machine_line(),
          "jax": jax.__version__, "repeats": r,
          "local_devices": jax.local_device_count(), "commit": workdir.git_commit(),
-         "torch": tr.describe() if use_torch else None}
+         "torch": tr.describe() if use_torch else None,
+         "torch_not_run": None if use_torch else (
+             "torch does not import here" if _TORCH.value else "--notorch")}
   out["matmul_flops"] = w.matmul_rate()
   out["copy_bytes_per_s"] = w.copy_bandwidth()
   peak = out["matmul_flops"]
@@ -144,7 +146,8 @@ def report(out, repeats) -> str:
   lines = [f"# Benchmarks: {out['device']}", "",
            f"Command: `{'XLA_FLAGS=' + flags_env + ' ' if flags_env else ''}"
            f"python -m benchmarks.run --repeats={repeats}"
-           + (f" --only={','.join(_ONLY.value)}`" if len(_ONLY.value) < 4 else "`") + "  ",
+           + (f" --only={','.join(_ONLY.value)}" if len(_ONLY.value) < 4 else "")
+           + ("" if _TORCH.value else " --notorch") + "`  ",
            f"{out['machine']}; commit {out['commit']}  ",
            f"Measured in the same run: fp32 matmul {peak / 1e9:.1f} GFLOP/s "
            f"({w.matmul_size()}^2), copy {out['copy_bytes_per_s'] / 1e9:.1f} GB/s "
@@ -161,8 +164,8 @@ def report(out, repeats) -> str:
             "combination (both labels); W2/W3 6 x Dense MACs per example (forward + "
             "backward, both towers); W4 6 (P H + H d) per record-restart-iteration.", ""]
   if out["torch"] is None:
-    lines.append("PyTorch reference: not run (torch does not import here; "
-                 "benchmarks/torch_reference.py runs wherever it does).")
+    lines.append(f"PyTorch reference: not run ({out['torch_not_run']}; "
+                 "benchmarks/torch_reference.py runs wherever torch imports).")
   else:
     lines += [f"PyTorch reference ({out['torch']}; benchmarks/torch_reference.py, eager, "
               "same inputs, same timing):", "",

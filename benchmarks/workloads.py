@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from splitjax import configlib, data, evaluation, models, protocol, training
+from splitjax import cli, configlib, data, evaluation, models, protocol, training
 from splitjax.attacks import exact, gradmatch, knowledge
 
 CATEGORICALS = ("marital-status", "relationship", "race", "sex")
@@ -92,9 +92,8 @@ def refuse_existing(overwrite: bool, *paths: str) -> None:
   finished result is never overwritten unasked; git keeps committed ones)."""
   there = [p for p in paths if p and os.path.exists(p)]
   if there and not overwrite:
-    raise SystemExit(f"benchmarks: {', '.join(there)} already "
-                     f"{'exist' if len(there) > 1 else 'exists'}; pass --overwrite to "
-                     "replace, or write elsewhere (--out_dir / --out)")
+    cli.fail(f"{', '.join(there)} already {'exist' if len(there) > 1 else 'exists'}; "
+             "pass --overwrite to replace, or write elsewhere (--out_dir / --out)")
 
 
 def device_name() -> str:

@@ -12,7 +12,8 @@ from ml_collections import config_flags
 from splitjax.errors import SplitjaxError
 
 
-def _fail(message: str) -> NoReturn:
+def fail(message: str) -> NoReturn:
+  """Bad input: one line, `splitjax: error: ...`, and exit status 2."""
   print(f"splitjax: error: {' '.join(message.split())}", file=sys.stderr)
   sys.exit(2)
 
@@ -54,7 +55,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       sys.exit(0)
     raise
   except Exception as e:  # Anything raised while parsing flags is bad input.
-    _fail(_flag_error(e, argv))
+    fail(_flag_error(e, argv))
 
 
 def run_app(job: Callable[[object, str], object]) -> None:
@@ -92,13 +93,13 @@ def run_app(job: Callable[[object, str], object]) -> None:
       except AttributeError:  # Not the proxy: get_config returned something else.
         pass
       except Exception as e:  # Bad input, as in parse_flags.
-        _fail(_flag_error(e, sys.argv))
-      _fail(f"--config: get_config() returned {type(loaded).__name__}, not a ConfigDict")
+        fail(_flag_error(e, sys.argv))
+      fail(f"--config: get_config() returned {type(loaded).__name__}, not a ConfigDict")
     try:
       from splitjax import sharding, workdir as wd  # After distributed init.
       sharding.from_process_0(wd.check_writable, workdir.value)
       job(loaded, workdir.value)
     except SplitjaxError as e:
-      _fail(str(e))
+      fail(str(e))
 
   app.run(main, flags_parser=parse_flags)

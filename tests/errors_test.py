@@ -221,13 +221,17 @@ def test_cli_unusable_workdir_is_one_line_and_leaves_nothing(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
-def test_benchmark_page_is_not_replaced_unasked(tmp_path):
+def test_benchmark_page_is_not_replaced_unasked(tmp_path, capsys):
   from benchmarks import workloads
   page = tmp_path / "cpu.md"
   workloads.refuse_existing(False, str(page), "")  # Nothing there yet: fine.
   page.write_text("finished")
-  with pytest.raises(SystemExit, match=r"cpu.md already exists; pass --overwrite"):
+  with pytest.raises(SystemExit) as e:
     workloads.refuse_existing(False, str(page))
+  assert e.value.code == 2
+  assert capsys.readouterr().err == (f"splitjax: error: {page} already exists; pass "
+                                     "--overwrite to replace, or write elsewhere "
+                                     "(--out_dir / --out)\n")
   workloads.refuse_existing(True, str(page))
   assert page.read_text() == "finished"
 
