@@ -178,3 +178,9 @@ def test_user_csv(tmp_path):
   # Not UTF-8: read as Latin-1, byte for byte.
   path.write_bytes("\n".join(rows).replace("grün", "gr\xfcn").encode("latin-1"))
   assert data.load(c.data).schema.server[0].vocab == ("grün", "red")
+  packed = tmp_path / "mine.csv.gz"  # Gzipped: the same table.
+  packed.write_bytes(gzip.compress(path.read_bytes()))
+  c.data.csv.path = str(packed)
+  again = data.load(c.data)
+  assert again.schema.server[0].vocab == ("grün", "red")
+  np.testing.assert_array_equal(again.train.x_s_num, ds.train.x_s_num)

@@ -39,6 +39,14 @@ def _csv(tmp_path, body, header="a,b,c,y"):
   return c
 
 
+def _gz(c, content: bytes):
+  """The CSV config `c`, pointed at a `.gz` file holding `content`."""
+  c.data.csv.path += ".gz"
+  with open(c.data.csv.path, "wb") as f:
+    f.write(content)
+  return c
+
+
 def _load(c):
   configlib.check(c)
   ds = data.load(c.data)
@@ -80,6 +88,9 @@ CASES = {
         lambda t: _csv(t, GOOD_ROWS.replace(",no\n", ",no,1\n").replace(",yes\n", ",yes,1\n"),
                        header="a,b,c,y,extra"),
         ConfigError, r"columns \['extra'\] .* are not declared"),
+    "csv_damaged_gzip": (
+        lambda t: _gz(_csv(t, GOOD_ROWS), b"not gzip"),
+        DataError, r"t.csv.gz: cannot read it \(Not a gzipped file"),
     "unknown_feature": (
         lambda t: small_config(data__private_features=("p_cat_0", "shoe_size")),
         ConfigError, r"data.private_features: unknown feature 'shoe_size'"),

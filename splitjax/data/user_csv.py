@@ -24,8 +24,11 @@ def _read_text(path: str) -> str:
   """The file's text: UTF-8 with any byte-order mark dropped (what spreadsheet
   programs write), else Latin-1, which decodes any bytes; `.gz` unpacked."""
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    raw = f.read()
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError) as e:  # Unreadable, or a damaged gzip file.
+    raise DataError(f"{path}: cannot read it ({e})") from None
   try:
     return raw.decode("utf-8-sig")
   except UnicodeDecodeError:
