@@ -1,5 +1,6 @@
 """Shared fixtures: one TFDS cache per test session, the shared data copies."""
 
+import importlib.util
 import os
 
 import pytest
@@ -45,3 +46,13 @@ def small_config(name="synthetic", **overrides):
       node = node[p]
     node[parts[-1]] = value
   return c
+
+
+def config_file(name: str, variant=None):
+  """get_config(variant) of configs/<name>.py, loaded by path as the scripts
+  load it (no change to sys.path)."""
+  path = os.path.join(REPO, "configs", name + ".py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)

@@ -11,7 +11,7 @@ import pytest
 from splitjax import configlib, data
 from splitjax.data import builders, official, synthetic
 from splitjax.data.schema import LABEL
-from conftest import REPO, small_config
+from conftest import config_file, small_config
 
 
 @pytest.fixture(scope="module")
@@ -156,12 +156,7 @@ def test_user_csv(tmp_path):
                 f"{rng.normal():.3f},{rng.choice(['yes', 'no'])},x{i}")
   # As a spreadsheet program saves it: byte-order mark, CRLF line ends.
   path.write_bytes(("\r\n".join(rows) + "\r\n").encode("utf-8-sig"))
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    import user_csv  # configs/user_csv.py, the documented way in.
-  finally:
-    sys.path.pop(0)
-  c = user_csv.get_config("smoke")
+  c = config_file("user_csv", "smoke")  # The documented way in.
   c.data.private_features = ("size",)
   c.data.csv.path = str(path)
   c.data.csv.categorical = ("colour", "size")

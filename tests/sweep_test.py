@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, small_config
+from conftest import REPO, config_file, small_config
 from splitjax import report, sweep, workdir as wd
 from splitjax.errors import ConfigError
 
@@ -25,12 +26,7 @@ FLAGS = ("--config.sweep.noise_multipliers=(1.0,)",
 
 
 def _cli_config():
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  try:
-    import synthetic
-  finally:
-    sys.path.pop(0)
-  c = synthetic.get_config("smoke")
+  c = config_file("synthetic", "smoke")
   c.sweep.noise_multipliers = (1.0,)
   c.sweep.label_epsilons = (1.0,)
   c.sweep.seeds = (0, 1)
@@ -83,7 +79,6 @@ def test_kill_and_resume_ends_with_the_uninterrupted_table(tmp_path):
   assert f"jax {jax.__version__}, " in wd.software()
 
   # Batches from another jax: every row names both (numbers may round differently).
-  import shutil
   mixed = tmp_path / "mixed"
   shutil.copytree(killed, mixed)
   (mixed / "privacy_utility.csv").unlink()
