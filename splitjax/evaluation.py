@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from splitjax import audit, configlib, data, errors, models, training
+from splitjax import audit, configlib, data, errors, models, sharding, training
 from splitjax import workdir as wd
 from splitjax.attacks import baselines, exact, gradmatch, knowledge, label_only
 from splitjax.data.schema import Arrays
@@ -425,7 +425,10 @@ def run(config, workdir: str) -> dict:
       config.train.num_epochs, on_epoch)
   noisy = (np.asarray(state.labels) if math.isfinite(config.defence.label_epsilon)
            else None)
-  [res] = attack_settings(ctx, views, [0], [defence], noisy, [eps], epochs, epochs)
+  res = None
+  if sharding.host_rows(1):  # Several hosts: the one that trained the setting.
+    [res] = attack_settings(ctx, views, [0], [defence], noisy, [eps], epochs, epochs)
+  [res] = [r for r in sharding.allgather_json(res) if r is not None]
   for epoch in epochs:
     log_scores(res["epochs"][str(epoch)], epoch)
   results = {"epochs": res["epochs"], "history": [r[0] for r in history],

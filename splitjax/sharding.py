@@ -11,9 +11,14 @@ SPMD partitioner splits the vmapped programs, so the numbers are those of one
 device (tested with XLA_FLAGS=--xla_force_host_platform_device_count=8 on
 CPU, and with two processes of one CPU device each).
 
-Several hosts: what the host reads of arrays spread over them goes through
-`to_host` or `gather` (all-gathers), and what process 0 reads of the
-workdir through `from_process_0`, so that every process takes the same path.
+Several hosts: training spreads the settings over every host's devices.
+Afterwards each host keeps only the settings on its own devices
+(`host_rows`, `host_part`) and attacks them on its own devices
+(`local_mesh`), without communication; the attack results, small, then go
+to every process (`allgather_json`). What the host reads of arrays spread
+over several hosts goes through `to_host` or `gather` (all-gathers), and
+what process 0 reads of the workdir through `from_process_0`, so that every
+process takes the same path.
 """
 
 from __future__ import annotations
@@ -33,10 +38,77 @@ AXIS = "devices"
 
 def mesh() -> Mesh | None:
   """The 1-D mesh over all devices, or None on a single device."""
-  devices = jax.devices()
+  return _mesh(jax.devices())
+
+
+def local_mesh() -> Mesh | None:
+  """The 1-D mesh over this process's devices, or None on a single one (the
+  attacks' mesh: each host attacks the settings it holds). On one host the
+  same as `mesh()`."""
+  return _mesh(jax.local_devices())
+
+
+def _mesh(devices) -> Mesh | None:
   if len(devices) == 1:
     return None
   return Mesh(np.asarray(devices), (AXIS,))
+
+
+def host_rows(num_rows: int) -> list[int]:
+  """The rows of a leading axis of `num_rows` that this process holds once
+  it is padded to the device count and sharded over `mesh()` (as training
+  does): each device holds a contiguous block, in the mesh's device order.
+  Padding rows are left out. On one host: all rows."""
+  m = mesh()
+  if m is None or jax.process_count() == 1:
+    return list(range(num_rows))
+  block = -(-num_rows // m.size)
+  return [i * block + j for i, d in enumerate(m.devices.flat)
+          if d.process_index == jax.process_index()
+          for j in range(block) if i * block + j < num_rows]
+
+
+def host_part(tree, rows: list[int], num_rows: int):
+  """The given rows (`host_rows`) of every leaf's leading axis, which has
+  `num_rows` real rows and maybe padding after them. A leaf this process holds
+  whole is sliced as it is (device arrays stay on their devices); a leaf
+  spread over several hosts is read from this host's shards into numpy,
+  without communication."""
+  def take(a):
+    if getattr(a, "is_fully_addressable", True):
+      if rows == list(range(num_rows)):
+        return a if a.shape[0] == num_rows else a[:num_rows]
+      return a[np.asarray(rows)]
+    out = np.empty((len(rows),) + a.shape[1:], a.dtype)
+    filled = np.zeros(len(rows), bool)
+    want = np.asarray(rows)
+    for shard in a.addressable_shards:
+      lead, *rest = shard.index
+      if any(sl != slice(None) for sl in rest):
+        raise ValueError(f"host_part: a leaf of shape {a.shape} is split along "
+                         "more than its leading axis")
+      start, stop, _ = lead.indices(a.shape[0])
+      hit = (want >= start) & (want < stop)
+      if hit.any():
+        out[hit] = np.asarray(shard.data)[want[hit] - start]
+        filled |= hit
+    if not filled.all():
+      raise ValueError(f"host_part: rows {want[~filled].tolist()} are not on this host")
+    return out
+  return jax.tree.map(take, tree)
+
+
+def allgather_json(obj) -> list:
+  """`obj` (JSON-able) of every process, in process order, on every process
+  (a collective: every process must call it). On one process: [obj]."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj, default=str).encode(), np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.int64(data.size))).ravel()
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:data.size] = data
+  held = np.asarray(multihost_utils.process_allgather(padded))
+  return [json.loads(held[i, :sizes[i]].tobytes()) for i in range(len(sizes))]
 
 
 def pad_leading(tree, multiple: int):

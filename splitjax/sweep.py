@@ -298,7 +298,11 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
   start = time.perf_counter()
   state, history, views = _train_batch(config, dataset, spec, batch, progress, prefix)
   train_seconds = time.perf_counter() - start
-  attacked = [i for i, r in enumerate(batch.runs) if r.setting.defence != "server_only"]
+  # The runs this host trained (all of them on one host), at these positions
+  # of its state and views; it attacks those that are not server-only.
+  held = sharding.host_rows(len(batch.runs))
+  local = [j for j, i in enumerate(held) if batch.runs[i].setting.defence != "server_only"]
+  attacked = [held[j] for j in local]
   last = max(config.attack.epochs or (config.train.num_epochs,))
   heavy = sorted(set(config.attack.epochs)) or [config.train.num_epochs]
   settings = [batch.runs[i].setting for i in attacked]
@@ -306,21 +310,26 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
   accts = [_accounting(config, spec, s, acct_cache) for s in settings]
   noisy = None
   if any(math.isfinite(m["label_epsilon"]) for m in mechs):
-    noisy = np.asarray(state.labels)[np.asarray(attacked)]
+    noisy = np.asarray(state.labels)[np.asarray(local)]
   names = ctx.names
   if batch.knowledge == "none":
     names = tuple(a for a in names if a not in report.MODEL_ATTACKS)
+  if jax.process_count() > 1:
+    logging.info("%s: process %d attacks runs %s of %d", prefix, jax.process_index(),
+                 attacked, len(batch.runs))
   start = time.perf_counter()
   results = []
   if attacked:
     results = evaluation.attack_settings(dataclasses.replace(ctx, names=names),
-                                         views[:last], attacked, mechs, noisy, accts,
+                                         views[:last], local, mechs, noisy, accts,
                                          list(range(1, last + 1)), heavy)
+  # Several hosts: every host's results to every host (one collective).
+  by_index = {i: res for part in sharding.allgather_json(list(zip(attacked, results)))
+              for i, res in part}
   attack_seconds = time.perf_counter() - start
-  progress.update(f"{prefix} attacks: {len(attacked)} runs, "
+  progress.update(f"{prefix} attacks: {len(by_index)} runs, "
                   f"{attack_seconds:.1f} s", units=len(batch.runs),
                   runs=len(batch.runs))
-  by_index = dict(zip(attacked, results))
   records = []
   for i, r in enumerate(batch.runs):
     res = by_index.get(i, {"epochs": {}, "violations": []})

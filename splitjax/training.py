@@ -445,7 +445,10 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
 
   Returns:
     The final stacked TrainState, a list (per epoch) of lists (per setting)
-    of metrics dicts, and a list of per-epoch ServerViews (or Nones).
+    of metrics dicts, and a list of per-epoch ServerViews (or Nones). The
+    state and views hold the settings `sharding.host_rows(S)`: all of them on
+    one host; with several hosts, those this host trained (the metrics cover
+    every setting on every host).
   """
   num_settings = settings.seed.shape[0]
   settings, train_data, test_data = distribute(settings, train_data, test_data)
@@ -462,11 +465,10 @@ def train(trainer: Trainer, train_data: Arrays, test_data: Arrays,
     views.append(out.view)
     if on_epoch is not None:
       on_epoch(epoch, rows, seconds)
-  if settings.seed.shape[0] != num_settings:  # Drop the padding copies.
-    trim = lambda t: jax.tree.map(lambda a: a[:num_settings], t)
-    state, views = trim(state), [trim(v) for v in views]
-  # Several hosts: every host gets every setting (the attacks index them).
-  state, views = sharding.gather((state, views))
+  # The padding copies dropped. Several hosts: each keeps the settings it
+  # trained, to attack them on its own devices (splitjax/sharding.py).
+  state, views = sharding.host_part((state, views), sharding.host_rows(num_settings),
+                                    num_settings)
   return state, history, views
 
 

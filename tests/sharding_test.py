@@ -81,6 +81,9 @@ def test_two_processes_give_the_one_process_table(tmp_path, one_device_rows):
         sweep.run(_grid_config(seed=7), sys.argv[2])
       except ConfigError as e:
         print("refused:", e)
+      from conftest import small_config
+      from splitjax import evaluation
+      evaluation.run(small_config(), sys.argv[2] + "_attack")
       """)
   # The processes talk over loopback only: no proxy (gRPC would use one).
   env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
@@ -101,6 +104,34 @@ def test_two_processes_give_the_one_process_table(tmp_path, one_device_rows):
   assert_rows_close(rows, one_device_rows)
   assert not (tmp_path / "host1").exists()  # No files, not even empty folders.
   assert "runs done" in outs[0][1] and "runs done" not in outs[1][1]  # Progress: process 0.
+  # Each process attacked the runs it trained (the first and second half of
+  # the batch), not all of them.
+  runs = len(json.loads((tmp_path / "host0" / "config.json").read_text())["batches"][0])
+  half = -(-runs // 2)
+  for i, (_, err) in enumerate(outs):
+    held = range(i * half, min(runs, (i + 1) * half))
+    assert f"process {i} attacks runs " in err, err[-3000:]
+    line = err.split(f"process {i} attacks runs ")[1].splitlines()[0]
+    attacked = json.loads(line.split(" of ")[0])
+    assert attacked and set(attacked) <= set(held), (i, line)
+  # The attack job: process 1 trains half of the padded setting axis and
+  # leaves the attack to process 0, whose numbers are one process's.
+  from conftest import small_config
+  from splitjax import evaluation
+  one = evaluation.run(small_config(), str(tmp_path / "one_attack"))
+  two = json.loads((tmp_path / "host0_attack" / "attack_metrics.json").read_text())
+  assert not (tmp_path / "host1_attack").exists()
+  for epoch, per in one["epochs"].items():
+    for name, scores in per.items():
+      if name == "ceilings":
+        continue
+      theirs = two["epochs"][epoch][name]
+      for attr, entry in scores.get("features", {}).items():
+        assert theirs["features"][attr]["accuracy"] == pytest.approx(
+            entry["accuracy"], abs=0.002), (epoch, name, attr)
+      if "label" in scores:
+        assert theirs["label"]["accuracy"] == pytest.approx(
+            scores["label"]["accuracy"], abs=0.002), (epoch, name)
 
 
 def _gradmatch_inputs():

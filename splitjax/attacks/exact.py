@@ -509,7 +509,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   shape = (num_settings, num_epochs, num_records)
   static = dict(model=model, space=space, metric=metric, chunk=chunk,
                 num_records=num_records, bayes=bayes, block=block)
-  m = sharding.mesh()
+  m = sharding.local_mesh()
   if m is None or num_settings < m.size:
     if m is not None and batch % m.size == 0:
       # Fewer settings than devices: each step's records over every device,

@@ -224,7 +224,7 @@ def attack(model, schema, mech: Mechanism, view: ServerView, aux: AuxSample,
   # batch takes them once, not a copy per record.
   shared = jax.tree.leaves(view.device_params)[0].shape[1] == 1
   outs = []
-  mesh = sharding.mesh()
+  mesh = sharding.local_mesh()
   for sl in _batches(total, b if shared else total, batch_records):
     if shared:
       params = jax.tree.map(lambda a: a[step_of[sl.start], 0], view.device_params)
