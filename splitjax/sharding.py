@@ -23,6 +23,7 @@ process takes the same path.
 
 from __future__ import annotations
 
+import collections
 import json
 
 import jax
@@ -66,6 +67,18 @@ def host_rows(num_rows: int) -> list[int]:
   return [i * block + j for i, d in enumerate(m.devices.flat)
           if d.process_index == jax.process_index()
           for j in range(block) if i * block + j < num_rows]
+
+
+def host_devices() -> tuple[int, int]:
+  """(the most devices one process has, all devices) for the sharding of
+  `host_rows`: a host holds at most ceil(rows / all) * most rows. (1, 1) on
+  one host, where it holds every row. The same on every process, so that
+  checks built on it agree."""
+  m = mesh()
+  if m is None or jax.process_count() == 1:
+    return 1, 1
+  per_process = collections.Counter(d.process_index for d in m.devices.flat)
+  return max(per_process.values()), m.size
 
 
 def host_part(tree, rows: list[int], num_rows: int):

@@ -139,15 +139,20 @@ def view_bytes_per_run(config, spec: training.TrainSpec) -> int:
 
 
 def check_view_memory(config, spec, batches: list[Batch]) -> None:
-  """Raises ConfigError when a batch's views would exceed sweep.max_view_gb."""
+  """Raises ConfigError when the views a host holds of a batch (all of them
+  on one host; its devices' share with several, splitjax/sharding.py) would
+  exceed sweep.max_view_gb."""
   per_run = view_bytes_per_run(config, spec)
   largest = max(len(b.runs) for b in batches)
+  most, total = sharding.host_devices()
+  held = min(largest, -(-largest // total) * most)
   limit = config.sweep.max_view_gb * 2**30
-  if largest * per_run > limit:
-    fit = max(1, int(limit // per_run))
+  if held * per_run > limit:
+    fit = max(1, int(limit // per_run) // most) * total  # Whole blocks per device.
+    where = "" if held == largest else f" ({held} of them on one host)"
     raise ConfigError(
-        f"sweep.max_group_size: a batch of {largest} runs would hold "
-        f"~{largest * per_run / 2**30:.3g} GiB of server views "
+        f"sweep.max_group_size: a batch of {largest} runs{where} would hold "
+        f"~{held * per_run / 2**30:.3g} GiB of server views per host "
         f"({per_run / 2**20:,.3g} MiB per run), above sweep.max_view_gb="
         f"{config.sweep.max_view_gb:g}; set sweep.max_group_size to at most {fit} "
         "(or raise the limit on a machine with the memory)")

@@ -238,7 +238,7 @@ def test_sweep_refuses_a_batch_whose_views_exceed_the_memory_limit(tmp_path):
   c = _grid_config()
   c.sweep.max_view_gb = 0.001
   with pytest.raises(ConfigError, match=r"sweep.max_group_size: a batch of 10 runs would "
-                     r"hold ~0.00\d+ GiB of server views \(0.\d+ MiB per run\), above "
+                     r"hold ~0.00\d+ GiB of server views per host \(0.\d+ MiB per run\), above "
                      r"sweep.max_view_gb=0.001; set sweep.max_group_size to at most 5"):
     sweep.run(c, str(tmp_path / "a"))
   assert not (tmp_path / "a" / "batches").exists()
