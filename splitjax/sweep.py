@@ -389,8 +389,15 @@ def run(config, workdir: str) -> list[dict]:
   progress.plan(num_runs - progress.runs_done)
   if done:
     logging.info("resuming: %d of %d batches already finished", len(done), len(plan))
+  # Every pending setting's accounting once, up front: PLD at a small sigma
+  # costs seconds, and with several hosts each needs it for different runs
+  # at different times, which would hold the next batch's collectives.
   acct_cache = {}
   start = time.perf_counter()
+  for s in dict.fromkeys(r.setting for b in plan if b.id not in done for r in b.runs):
+    _accounting(config, spec, s, acct_cache)
+  logging.info("accounting: %d mechanisms in %.1f s", len(acct_cache),
+               time.perf_counter() - start)
   for i, b in enumerate(plan):
     if b.id in done:
       continue
