@@ -1,6 +1,8 @@
-"""benchmarks.run end to end on one workload: it runs, writes the page and
+"""benchmarks.run end to end on W1, W2 and W4 (W3 is W2's epoch vmapped, and
+sweep_test checks vmapped against one by one): it runs, writes the page and
 its JSON with the exact command, and never replaces a finished page unasked.
-No speed is asserted here (speed is measured by the benchmarks themselves)."""
+Run here so that a broken driver shows before a lent GPU's time is spent on
+it. No speed is asserted (speed is measured by the benchmarks themselves)."""
 
 import json
 import os
@@ -12,7 +14,7 @@ from conftest import REPO
 
 def _run(out_dir, tfds_dir):
   return subprocess.run([sys.executable, "-m", "benchmarks.run", "--repeats=1", "--notorch",
-                         "--only=w2", f"--out_dir={out_dir}", f"--tfds_dir={tfds_dir}"],
+                         "--only=w1,w2,w4", f"--out_dir={out_dir}", f"--tfds_dir={tfds_dir}"],
                         cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
@@ -22,14 +24,24 @@ def test_benchmark_run_writes_its_page_and_keeps_it(tmp_path, tfds_dir):
   assert r.returncode == 0, r.stderr[-3000:]
   [page] = [p for p in os.listdir(out) if p.endswith(".md")]
   text = (out / page).read_text()
-  assert "Command: `python -m benchmarks.run --repeats=1 --only=w2 --notorch`" in text
+  assert "Command: `python -m benchmarks.run --repeats=1 --only=w1,w2,w4 --notorch`" in text
   assert "PyTorch reference: not run (--notorch;" in text
   got = json.loads((out / page.replace(".md", ".json")).read_text())
-  [w2] = got["workloads"]
-  assert w2["workload"] == "W2 training" and w2["unit"] == "examples/s"
+  w1, w2, w4 = got["workloads"]
+  assert [w["workload"] for w in (w1, w2, w4)] == ["W1 EXACT", "W2 training",
+                                                    "W4 optimiser"]
+  assert [w["unit"] for w in (w1, w2, w4)] == [
+      "candidates/s", "examples/s", "record-restart-iterations/s"]
+  # W1: 16 steps of 256 records x 420 private combinations x 2 labels.
+  assert abs(w1["value"] * w1["seconds"] / (4096 * 840) - 1) < 1e-9
   # W2 is one epoch of Adult's 32,561 training rows in full batches of 256.
   assert abs(w2["value"] * w2["seconds"] / (127 * 256) - 1) < 1e-9
-  assert w2["reference_seconds"] > 0 and w2["floor"] > 0
+  # W4: 1,024 records x 8 restarts x 500 steps; without noise the best
+  # restart matches the message (measured median 4e-7).
+  assert abs(w4["value"] * w4["seconds"] / (1024 * 8 * 500) - 1) < 1e-9
+  assert w4["median_best_loss"] < 1e-4
+  for w in (w1, w2, w4):
+    assert w["reference_seconds"] > 0 and w["floor"] > 0, w
 
   again = _run(out, tfds_dir)  # A finished page is refused, in one line, untouched.
   assert again.returncode == 2
