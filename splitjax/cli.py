@@ -84,8 +84,18 @@ def run_app(job: Callable[[object, str], object]) -> None:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if distributed.value:
       import jax
-      jax.distributed.initialize(coordinator.value, num_processes.value,
-                                 process_id.value)
+      try:
+        jax.distributed.initialize(coordinator.value, num_processes.value,
+                                   process_id.value)
+      except Exception as e:  # A missing or wrong coordinator, id or count.
+        fail("--distributed: jax.distributed.initialize() failed (give "
+             "--coordinator_address, --num_processes and --process_id, or run "
+             f"where JAX detects them: TPU, Slurm, Open MPI): {e}")
+    else:
+      given = [f"--{f.name}" for f in (coordinator, num_processes, process_id)
+               if flags.FLAGS[f.name].present]
+      if given:
+        fail(f"{', '.join(given)}: only with --distributed")
     loaded = config.value
     if not isinstance(loaded, ml_collections.ConfigDict):
       try:  # A config file that failed to load stands in a proxy that raises.

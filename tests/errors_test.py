@@ -192,6 +192,10 @@ def test_cli_bad_input_exits_nonzero_with_one_line_and_no_workdir(tmp_path):
     ("--config={tmp}/fails_on_import.py",
      "--config={tmp}/fails_on_import.py: AttributeError: module 'os' has no attribute "
      "'no_such_name'"),
+    ("--distributed", "--distributed: jax.distributed.initialize() failed (give "
+     "--coordinator_address, --num_processes and --process_id, or run where JAX "
+     "detects them: TPU, Slurm, Open MPI): "),
+    ("--num_processes=2", "--num_processes: only with --distributed"),
 ])
 def test_cli_bad_flag_is_one_line_not_a_traceback(tmp_path, flag, expected):
   # absl and ml_collections would print a traceback for each of these.
