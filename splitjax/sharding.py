@@ -87,14 +87,16 @@ def host_part(tree, rows: list[int], num_rows: int):
   whole is sliced as it is (device arrays stay on their devices); a leaf
   spread over several hosts is read from this host's shards into numpy,
   without communication."""
+  want = np.asarray(rows, np.int64)
+  every = rows == list(range(num_rows))
+
   def take(a):
     if getattr(a, "is_fully_addressable", True):
-      if rows == list(range(num_rows)):
+      if every:
         return a if a.shape[0] == num_rows else a[:num_rows]
-      return a[np.asarray(rows)]
+      return a[want]
     out = np.empty((len(rows),) + a.shape[1:], a.dtype)
     filled = np.zeros(len(rows), bool)
-    want = np.asarray(rows)
     for shard in a.addressable_shards:
       lead, *rest = shard.index
       if any(sl != slice(None) for sl in rest):
@@ -181,11 +183,7 @@ def from_process_0(fn, *args):
     except Exception as e:  # Told to every process before it is raised here.
       failure = e
       out = {"error": str(e), "config": isinstance(e, ConfigError)}
-  data = np.frombuffer(json.dumps(out).encode(), np.uint8)
-  size = int(multihost_utils.broadcast_one_to_all(np.int64(data.size)))
-  if jax.process_index() != 0:
-    data = np.zeros(size, np.uint8)
-  out = json.loads(np.asarray(multihost_utils.broadcast_one_to_all(data)).tobytes())
+  out = allgather_json(out)[0]
   if failure is not None:
     raise failure
   if "error" in out:
