@@ -12,9 +12,10 @@ device (tested with XLA_FLAGS=--xla_force_host_platform_device_count=8 on
 CPU, and with two processes of one CPU device each).
 
 Several hosts: training spreads the settings over every host's devices.
-Afterwards each host keeps only the settings on its own devices
-(`host_rows`, `host_part`) and attacks them on its own devices
-(`local_mesh`), without communication; the attack results, small, then go
+A sweep lays a batch's runs along the axis so that every host gets a like
+share of the runs to attack (`placement`). Afterwards each host keeps only
+the settings on its own devices (`host_rows`, `host_part`) and attacks them
+on its own devices (`local_mesh`), without communication; the attack results, small, then go
 to every process (`allgather_json`). What the host reads of arrays spread
 over several hosts goes through `to_host` or `gather` (all-gathers), and
 what process 0 reads of the workdir through `from_process_0`, so that every
@@ -67,6 +68,38 @@ def host_rows(num_rows: int) -> list[int]:
   return [i * block + j for i, d in enumerate(m.devices.flat)
           if d.process_index == jax.process_index()
           for j in range(block) if i * block + j < num_rows]
+
+
+def placement(weights: list[float]) -> list[int]:
+  """The order in which to lay `len(weights)` runs along a sharded setting
+  axis (row r holds run order[r]) so that each device's block, and so each
+  host's share of the attacks, carries about the same total weight (e.g. 0
+  for a run that is trained but not attacked): `balanced_order` over the
+  mesh's devices. The identity on one host, where one process attacks every
+  run whatever the order."""
+  m = mesh()
+  if m is None or jax.process_count() == 1:
+    return list(range(len(weights)))
+  return balanced_order(weights, m.size)
+
+
+def balanced_order(weights: list[float], num_devices: int) -> list[int]:
+  """Runs to the contiguous blocks of ceil(n / num_devices) rows that
+  sharding gives each device (the last ones short or empty): the heaviest
+  run first, each to the device with a free row and the least weight so far
+  (ties: the first). Returns the runs in row order, each device's in their
+  given order."""
+  n = len(weights)
+  block = -(-n // num_devices)
+  free = [max(0, min(block, n - i * block)) for i in range(num_devices)]
+  load = [0.0] * num_devices
+  rows = [[] for _ in range(num_devices)]
+  for j in sorted(range(n), key=lambda j: -weights[j]):  # Stable: ties keep order.
+    i = min((i for i in range(num_devices) if free[i]), key=lambda i: load[i])
+    rows[i].append(j)
+    free[i] -= 1
+    load[i] += weights[j]
+  return [j for r in rows for j in sorted(r)]
 
 
 def host_devices() -> tuple[int, int]:

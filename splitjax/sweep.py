@@ -273,12 +273,12 @@ def _trainer(spec: training.TrainSpec) -> training.Trainer:
   return training.Trainer(spec)
 
 
-def _train_batch(config, dataset, spec, batch: Batch, progress: Progress,
+def _train_batch(config, dataset, spec, runs: list[Run], progress: Progress,
                  prefix: str):
   rows = [dict(seed=r.seed, **{k: v for k, v in mechanism(config, r.setting).items()
                                if k != "noise_multiplier"},
                use_private=0.0 if r.setting.defence == "server_only" else 1.0)
-          for r in batch.runs]
+          for r in runs]
   trainer = _trainer(spec)
   n = len(rows)
 
@@ -300,12 +300,18 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
   """Trains and attacks one batch; returns its run records and timings."""
   spec = dataclasses.replace(training.make_spec(config, model, dataset.train),
                              knowledge=batch.knowledge, capture_view=True)
+  # The runs in the order they lie along the setting axis: several hosts
+  # each get a like number to attack (server-only runs are not attacked);
+  # the batch's order on one host. Each run's numbers do not depend on it.
+  order = sharding.placement([float(r.setting.defence != "server_only")
+                              for r in batch.runs])
   start = time.perf_counter()
-  state, history, views = _train_batch(config, dataset, spec, batch, progress, prefix)
+  state, history, views = _train_batch(config, dataset, spec,
+                                       [batch.runs[i] for i in order], progress, prefix)
   train_seconds = time.perf_counter() - start
-  # The runs this host trained (all of them on one host), at these positions
-  # of its state and views; it attacks those that are not server-only.
-  held = sharding.host_rows(len(batch.runs))
+  # The rows this host trained (all of them on one host), at these positions
+  # of its state and views; it attacks the runs there that are not server-only.
+  held = [order[row] for row in sharding.host_rows(len(batch.runs))]
   local = [j for j, i in enumerate(held) if batch.runs[i].setting.defence != "server_only"]
   attacked = [held[j] for j in local]
   last = max(config.attack.epochs or (config.train.num_epochs,))
@@ -335,13 +341,14 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
   progress.update(f"{prefix} attacks: {len(by_index)} runs, "
                   f"{attack_seconds:.1f} s", units=len(batch.runs),
                   runs=len(batch.runs))
+  row_of = {i: row for row, i in enumerate(order)}
   records = []
   for i, r in enumerate(batch.runs):
     res = by_index.get(i, {"epochs": {}, "violations": []})
     records.append({
         "run": r.key, "setting": r.setting.to_json(), "seed": r.seed,
         "mechanism": mechanism(config, r.setting),
-        "history": [h[i] for h in history],
+        "history": [h[row_of[i]] for h in history],
         "accounting": _accounting(config, spec, r.setting, acct_cache),
         "attacks": res["epochs"], "audit_violations": res["violations"]})
   return records, {"train_seconds": train_seconds, "attack_seconds": attack_seconds,

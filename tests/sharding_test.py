@@ -51,6 +51,26 @@ def test_eight_cpu_devices_give_the_one_device_table(tmp_path, one_device_rows):
     assert_rows_close(rows, one_device_rows)
 
 
+@pytest.mark.parametrize("weights,devices,loads", [
+    ([0] * 3 + [1] * 24, 2, [12, 12]),  # The main command on two hosts.
+    ([0] * 3 + [1] * 24, 8, [4, 4, 4, 3, 3, 3, 3, 0]),  # Blocks of 4, the last empty.
+    ([0] * 2 + [1] * 8, 2, [4, 4]),
+    ([5, 1, 1, 1, 1, 1], 2, [7, 3]),  # Blocks of 3: the 5 has two beside it.
+    ([1] * 3, 4, [1, 1, 1, 0]),
+])
+def test_balanced_order_evens_the_weight_per_device(weights, devices, loads):
+  from splitjax import sharding
+  order = sharding.balanced_order(weights, devices)
+  assert sorted(order) == list(range(len(weights)))
+  block = -(-len(weights) // devices)
+  got = [sum(weights[j] for j in order[i * block:(i + 1) * block]) for i in range(devices)]
+  assert got == loads, order
+  # A device's runs keep their order (a block is increasing).
+  for i in range(devices):
+    part = order[i * block:(i + 1) * block]
+    assert part == sorted(part), order
+
+
 def _free_port() -> int:
   try:
     with socket.socket() as s:
@@ -106,16 +126,20 @@ def test_two_processes_give_the_one_process_table(tmp_path, one_device_rows):
   assert_rows_close(rows, one_device_rows)
   assert not (tmp_path / "host1").exists()  # No files, not even empty folders.
   assert "runs done" in outs[0][1] and "runs done" not in outs[1][1]  # Progress: process 0.
-  # Each process attacked the runs it trained (the first and second half of
-  # the batch), not all of them.
-  runs = len(json.loads((tmp_path / "host0" / "config.json").read_text())["batches"][0])
-  half = -(-runs // 2)
+  # Each process attacked runs it trained, not all of them, and as many as
+  # the other: the batch's two server-only runs (never attacked) come first,
+  # so halves of the batch in its own order would give 3 and 5
+  # (sharding.placement).
+  keys = json.loads((tmp_path / "host0" / "config.json").read_text())["batches"][0]
+  assert len(keys) == 10 and keys[0].startswith("server_only"), keys
+  parts = []
   for i, (_, err) in enumerate(outs):
-    held = range(i * half, min(runs, (i + 1) * half))
     assert f"process {i} attacks runs " in err, err[-3000:]
     line = err.split(f"process {i} attacks runs ")[1].splitlines()[0]
-    attacked = json.loads(line.split(" of ")[0])
-    assert attacked and set(attacked) <= set(held), (i, line)
+    parts.append(json.loads(line.split(" of ")[0]))
+  assert sorted(parts[0] + parts[1]) == [i for i, k in enumerate(keys)
+                                         if not k.startswith("server_only")], parts
+  assert len(parts[0]) == len(parts[1]) == 4, parts
   # The attack job: process 1 trains half of the padded setting axis and
   # leaves the attack to process 0, whose numbers are one process's.
   from conftest import small_config
