@@ -72,33 +72,38 @@ def host_rows(num_rows: int) -> list[int]:
 
 def placement(weights: list[float]) -> list[int]:
   """The order in which to lay `len(weights)` runs along a sharded setting
-  axis (row r holds run order[r]) so that each device's block, and so each
-  host's share of the attacks, carries about the same total weight (e.g. 0
-  for a run that is trained but not attacked): `balanced_order` over the
+  axis (row r holds run order[r]) so that each host's share of the attacks,
+  and each of its devices' share, carries about the same total weight (e.g.
+  0 for a run that is trained but not attacked): `balanced_order` over the
   mesh's devices. The identity on one host, where one process attacks every
   run whatever the order."""
   m = mesh()
   if m is None or jax.process_count() == 1:
     return list(range(len(weights)))
-  return balanced_order(weights, m.size)
+  return balanced_order(weights, [d.process_index for d in m.devices.flat])
 
 
-def balanced_order(weights: list[float], num_devices: int) -> list[int]:
-  """Runs to the contiguous blocks of ceil(n / num_devices) rows that
-  sharding gives each device (the last ones short or empty): the heaviest
-  run first, each to the device with a free row and the least weight so far
-  (ties: the first). Returns the runs in row order, each device's in their
-  given order."""
-  n = len(weights)
-  block = -(-n // num_devices)
-  free = [max(0, min(block, n - i * block)) for i in range(num_devices)]
-  load = [0.0] * num_devices
-  rows = [[] for _ in range(num_devices)]
+def balanced_order(weights: list[float], device_hosts: list[int]) -> list[int]:
+  """Runs to the contiguous blocks of ceil(n / devices) rows that sharding
+  gives each device (the last ones short or empty); device i is on host
+  device_hosts[i]. The heaviest run first, each to a device with a free row:
+  on the host with the least weight per device so far, then that host's
+  device with the least weight (ties: the first). Returns the runs in row
+  order, each device's in their given order."""
+  n, num = len(weights), len(device_hosts)
+  block = -(-n // num)
+  free = [max(0, min(block, n - i * block)) for i in range(num)]
+  size = collections.Counter(device_hosts)
+  load = [0.0] * num
+  host_load = collections.Counter()
+  rows = [[] for _ in range(num)]
   for j in sorted(range(n), key=lambda j: -weights[j]):  # Stable: ties keep order.
-    i = min((i for i in range(num_devices) if free[i]), key=lambda i: load[i])
+    i = min((i for i in range(num) if free[i]),
+            key=lambda i: (host_load[device_hosts[i]] / size[device_hosts[i]], load[i]))
     rows[i].append(j)
     free[i] -= 1
     load[i] += weights[j]
+    host_load[device_hosts[i]] += weights[j]
   return [j for r in rows for j in sorted(r)]
 
 

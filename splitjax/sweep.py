@@ -327,7 +327,7 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
     names = tuple(a for a in names if a not in report.MODEL_ATTACKS)
   if jax.process_count() > 1:
     logging.info("%s: process %d attacks runs %s of %d", prefix, jax.process_index(),
-                 attacked, len(batch.runs))
+                 sorted(attacked), len(batch.runs))
   start = time.perf_counter()
   results = []
   if attacked:

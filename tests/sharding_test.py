@@ -51,22 +51,27 @@ def test_eight_cpu_devices_give_the_one_device_table(tmp_path, one_device_rows):
     assert_rows_close(rows, one_device_rows)
 
 
-@pytest.mark.parametrize("weights,devices,loads", [
-    ([0] * 3 + [1] * 24, 2, [12, 12]),  # The main command on two hosts.
-    ([0] * 3 + [1] * 24, 8, [4, 4, 4, 3, 3, 3, 3, 0]),  # Blocks of 4, the last empty.
-    ([0] * 2 + [1] * 8, 2, [4, 4]),
-    ([5, 1, 1, 1, 1, 1], 2, [7, 3]),  # Blocks of 3: the 5 has two beside it.
-    ([1] * 3, 4, [1, 1, 1, 0]),
+@pytest.mark.parametrize("weights,hosts,loads", [
+    ([0] * 3 + [1] * 24, [0, 1], [12, 12]),  # The main command on two hosts.
+    ([0] * 3 + [1] * 24, list(range(8)), [4, 4, 4, 3, 3, 3, 3, 0]),  # Blocks of 4.
+    ([0] * 2 + [1] * 8, [0, 1], [4, 4]),
+    ([5, 1, 1, 1, 1, 1], [0, 1], [7, 3]),  # Blocks of 3: the 5 has two beside it.
+    ([1] * 3, [0, 1, 2, 3], [1, 1, 1, 0]),
+    # Two hosts of two devices, blocks of 3, the last device holds one row:
+    # each host attacks 4 (per device alone would give the first host 5).
+    ([0] * 2 + [1] * 8, [0, 0, 1, 1], [2, 2, 3, 1]),
+    ([1] * 8, [0, 0, 0, 0], [2, 2, 2, 2]),  # One host: spread over its devices.
 ])
-def test_balanced_order_evens_the_weight_per_device(weights, devices, loads):
+def test_balanced_order_evens_the_weight_per_host(weights, hosts, loads):
   from splitjax import sharding
-  order = sharding.balanced_order(weights, devices)
+  order = sharding.balanced_order(weights, hosts)
   assert sorted(order) == list(range(len(weights)))
-  block = -(-len(weights) // devices)
-  got = [sum(weights[j] for j in order[i * block:(i + 1) * block]) for i in range(devices)]
+  block = -(-len(weights) // len(hosts))
+  got = [sum(weights[j] for j in order[i * block:(i + 1) * block])
+         for i in range(len(hosts))]
   assert got == loads, order
   # A device's runs keep their order (a block is increasing).
-  for i in range(devices):
+  for i in range(len(hosts)):
     part = order[i * block:(i + 1) * block]
     assert part == sorted(part), order
 
