@@ -15,11 +15,11 @@ Several hosts: training spreads the settings over every host's devices.
 A sweep lays a batch's runs along the axis so that every host gets a like
 share of the runs to attack (`placement`). Afterwards each host keeps only
 the settings on its own devices (`host_rows`, `host_part`) and attacks them
-on its own devices (`local_mesh`), without communication; the attack results, small, then go
-to every process (`allgather_json`). What the host reads of arrays spread
-over several hosts goes through `to_host` or `gather` (all-gathers), and
-what process 0 reads of the workdir through `from_process_0`, so that every
-process takes the same path.
+on its own devices (`local_mesh`), without communication; the attack
+results, small, then go to every process (`allgather_json`). What the
+host reads of arrays spread over several hosts goes through `to_host` or
+`gather` (all-gathers), and what process 0 reads of the workdir through
+`from_process_0`, so that every process takes the same path.
 """
 
 from __future__ import annotations
@@ -64,10 +64,18 @@ def host_rows(num_rows: int) -> list[int]:
   m = mesh()
   if m is None or jax.process_count() == 1:
     return list(range(num_rows))
-  block = -(-num_rows // m.size)
-  return [i * block + j for i, d in enumerate(m.devices.flat)
-          if d.process_index == jax.process_index()
-          for j in range(block) if i * block + j < num_rows]
+  return [r for d, rows in zip(m.devices.flat, _blocks(num_rows, m.size))
+          if d.process_index == jax.process_index() for r in rows]
+
+
+def _blocks(num_rows: int, num_devices: int) -> list[range]:
+  """The rows of each device, in mesh order, once an axis of `num_rows` is
+  padded to a multiple of the device count and sharded: contiguous blocks
+  of ceil(num_rows / num_devices), padding left out (so the last ones may
+  be short or empty)."""
+  block = -(-num_rows // num_devices)
+  return [range(min(num_rows, i * block), min(num_rows, (i + 1) * block))
+          for i in range(num_devices)]
 
 
 def placement(weights: list[float]) -> list[int]:
@@ -84,15 +92,13 @@ def placement(weights: list[float]) -> list[int]:
 
 
 def balanced_order(weights: list[float], device_hosts: list[int]) -> list[int]:
-  """Runs to the contiguous blocks of ceil(n / devices) rows that sharding
-  gives each device (the last ones short or empty); device i is on host
-  device_hosts[i]. The heaviest run first, each to a device with a free row:
-  on the host with the least weight per device so far, then that host's
-  device with the least weight (ties: the first). Returns the runs in row
-  order, each device's in their given order."""
+  """Runs to the rows that sharding gives each device (`_blocks`); device i
+  is on host device_hosts[i]. The heaviest run first, each to a device with
+  a free row: on the host with the least weight per device so far, then
+  that host's device with the least weight (ties: the first). Returns the
+  runs in row order, each device's in their given order."""
   n, num = len(weights), len(device_hosts)
-  block = -(-n // num)
-  free = [max(0, min(block, n - i * block)) for i in range(num)]
+  free = [len(rows) for rows in _blocks(n, num)]
   size = collections.Counter(device_hosts)
   load = [0.0] * num
   host_load = collections.Counter()

@@ -303,8 +303,8 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
   # The runs in the order they lie along the setting axis: several hosts
   # each get a like number to attack (server-only runs are not attacked);
   # the batch's order on one host. Each run's numbers do not depend on it.
-  order = sharding.placement([float(r.setting.defence != "server_only")
-                              for r in batch.runs])
+  attackable = [r.setting.defence != "server_only" for r in batch.runs]
+  order = sharding.placement([float(a) for a in attackable])
   start = time.perf_counter()
   state, history, views = _train_batch(config, dataset, spec,
                                        [batch.runs[i] for i in order], progress, prefix)
@@ -312,7 +312,7 @@ def run_batch(config, dataset, model, ctx, batch: Batch, progress: Progress,
   # The rows this host trained (all of them on one host), at these positions
   # of its state and views; it attacks the runs there that are not server-only.
   held = [order[row] for row in sharding.host_rows(len(batch.runs))]
-  local = [j for j, i in enumerate(held) if batch.runs[i].setting.defence != "server_only"]
+  local = [j for j, i in enumerate(held) if attackable[i]]
   attacked = [held[j] for j in local]
   last = max(config.attack.epochs or (config.train.num_epochs,))
   heavy = sorted(set(config.attack.epochs)) or [config.train.num_epochs]
