@@ -10,7 +10,9 @@ seeds and git commit.
 
 Files: privacy_utility.csv (flat), .json (rows with per-seed values, and
 metadata), .md (a utility table and one attack table per attribute), and PNG
-plots: auc_vs_epsilon, attack_vs_epsilon, accuracy_over_epochs.
+plots: auc_vs_epsilon, attack_vs_epsilon, accuracy_over_epochs. From a
+finished sweep's JSON, `seed_spread` says how far intervals over a few seeds
+can be trusted (scripts/seed_spread.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 from scipy import stats
 
 from splitjax import workdir as wd
+from splitjax.errors import ConfigError, DataError
 
 TABLE = "privacy_utility"
 SUMMARY = "summary"  # the table across data sets (sweep.run_datasets)
@@ -391,3 +394,110 @@ def write_summary(folder: str, rows: list[dict]) -> None:
   """summary.{md,csv} in `folder`; the CSV last, as in `write`."""
   wd.write_text(os.path.join(folder, SUMMARY + ".md"), summary_markdown(rows))
   wd.write_text(os.path.join(folder, SUMMARY + ".csv"), to_csv(rows))
+
+
+# --- How many seeds (scripts/seed_spread.py) ----------------------------------
+
+
+def seeds_for(sd: float, half_width: float, most: int = 1000) -> int | None:
+  """The fewest seeds (>= 2) whose 95 % t-interval has a half-width of at most
+  `half_width`, for a metric whose seed-to-seed standard deviation is `sd`;
+  None if more than `most` would be needed."""
+  for n in range(2, most + 1):
+    if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= half_width:
+      return n
+  return None
+
+
+def read_sweep(folder: str) -> dict:
+  """The finished sweep's privacy_utility.json in `folder`, with its rows'
+  per-seed values; DataError naming what is missing."""
+  path = os.path.join(folder, TABLE + ".json")
+  if not os.path.isfile(path):
+    hint = (f"; it holds {SUMMARY}.csv, so pass one data set's folder in it"
+            if os.path.isfile(os.path.join(folder, SUMMARY + ".csv")) else "")
+    raise DataError(f"--workdir: no finished sweep in {folder} (no {TABLE}.json){hint}")
+  try:
+    with open(path) as f:
+      sweep = _restore(json.load(f))
+  except (OSError, ValueError) as e:
+    raise DataError(f"{path}: not readable as JSON: {e}") from None
+  rows = sweep.get("rows") if isinstance(sweep, dict) else None
+  if not rows or not all(isinstance(r, dict) and "per_seed" in r for r in rows):
+    raise DataError(f"{path}: no rows with per-seed values (not a splitjax sweep's table)")
+  return sweep
+
+
+def default_metrics(rows: list[dict]) -> list[str]:
+  """Test AUC and every attack's metric, in the table's order."""
+  seen = []
+  for r in rows:
+    seen += [k for k in r["per_seed"] if k not in seen and (k == "test_auc" or "/" in k)]
+  return seen
+
+
+def seed_spread(rows: list[dict], metrics: list[str], subset: int) -> list[dict]:
+  """Per metric and setting: the mean and 95 % t-interval over all seeds, the
+  seed-to-seed standard deviation, and the intervals of the disjoint blocks
+  of `subset` consecutive seeds (what a sweep of `subset` seeds would have
+  reported), with how many of them miss the all-seeds mean."""
+  seeds = min(len(v) for r in rows for v in r["per_seed"].values())
+  if subset > seeds:
+    raise ConfigError(f"--subset: blocks of {subset} seeds, but the sweep has {seeds}")
+  known = list(dict.fromkeys(k for r in rows for k in r["per_seed"]))
+  unknown = [m for m in metrics if m not in known]
+  if unknown:
+    raise ConfigError(f"--metrics: no per-seed values for {', '.join(unknown)}; the "
+                      f"table has {', '.join(known)}")
+  out = []
+  for m in metrics:
+    for r in rows:
+      v = r["per_seed"].get(m)
+      if v is None or any(x is None or not math.isfinite(x) for x in v):
+        continue  # Not attacked in this setting (server-only), or a failed run.
+      mean, half = ci95(v)
+      blocks = [ci95(v[i:i + subset]) for i in range(0, len(v) - subset + 1, subset)]
+      names = str(r.get("seeds", "")).split()
+      out.append({"metric": m, "setting": r["setting"], "seeds": len(v), "mean": mean,
+                  "half": half, "sd": float(np.std(v, ddof=1)),
+                  "blocks": [" ".join(names[i:i + subset]) for i in
+                             range(0, len(v) - subset + 1, subset)],
+                  "block_halves": [h for _, h in blocks],
+                  "blocks_missing": sum(abs(bm - mean) > bh for bm, bh in blocks)})
+  return out
+
+
+def seed_spread_markdown(sweep: dict, spread: list[dict], subset: int, half_width: float,
+                         command: str) -> str:
+  rows = sweep["rows"]
+  total = sum(len(s["blocks"]) for s in spread)
+  missing = sum(s["blocks_missing"] for s in spread)
+  ratios = [h / s["half"] for s in spread for h in s["block_halves"] if s["half"] > 0]
+  lines = [f"# Seed spread: {rows[0].get('dataset', '?')} sweep", "",
+           f"Command: `{command}` (at commit {wd.git_commit()})  ",
+           f"Sweep: config {sweep.get('config_hash')}, commit {sweep.get('git_commit')}, "
+           f"seeds {' '.join(str(s) for s in sweep.get('seeds', []))}; "
+           f"{sweep.get('software', '')}.", "",
+           f"Each metric's table gives, per setting, the mean ± 95 % t-interval over all "
+           f"seeds, the seed-to-seed standard deviation (SD), the half-widths of the "
+           f"intervals that {subset} seeds alone would have reported (disjoint blocks of "
+           f"consecutive seeds), how many of those intervals miss the all-seeds mean, and "
+           f"the seeds an interval of ± {half_width:g} needs at that SD.", "",
+           f"Over all {len(spread)} (metric, setting) pairs: {missing} of {total} "
+           f"{subset}-seed intervals miss the all-seeds mean"
+           + (f"; their half-widths range from {min(ratios):.2f}x to {max(ratios):.2f}x "
+              f"the all-seeds half-width (median {float(np.median(ratios)):.2f}x)."
+              if ratios else ".")]
+  for m in dict.fromkeys(s["metric"] for s in spread):
+    part = [s for s in spread if s["metric"] == m]
+    lines += ["", f"## {m}", "",
+              f"| setting | mean ± 95 % ({part[0]['seeds']} seeds) | SD | half-widths of "
+              f"{subset}-seed blocks ({'; '.join(part[0]['blocks'])}) | blocks missing "
+              f"the mean | seeds for ± {half_width:g} |", "|---|---|---|---|---|---|"]
+    for s in part:
+      need = seeds_for(s["sd"], half_width)
+      lines.append(f"| {s['setting']} | {s['mean']:.4f} ± {s['half']:.4f} | {s['sd']:.4f} "
+                   f"| {', '.join(f'{h:.4f}' for h in s['block_halves'])} "
+                   f"| {s['blocks_missing']}/{len(s['blocks'])} "
+                   f"| {need if need is not None else '> 1000'} |")
+  return "\n".join(lines) + "\n"
