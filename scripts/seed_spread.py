@@ -51,8 +51,11 @@ def main(argv):
   command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
   page = report.seed_spread_markdown(sweep, spread, _SUBSET.value, _HALF_WIDTH.value,
                                      command)
-  wd.write_text(out, page)
-  logging.info("%s", page.split("\n\n")[3])  # The summary line.
+  try:
+    wd.write_text(out, page)
+  except OSError as e:
+    cli.fail(f"--out: cannot write {out}: {e.strerror}")
+  logging.info("%s", report.seed_spread_summary(spread, _SUBSET.value))
   logging.info("wrote %s", out)
 
 

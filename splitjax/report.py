@@ -467,12 +467,21 @@ def seed_spread(rows: list[dict], metrics: list[str], subset: int) -> list[dict]
   return out
 
 
-def seed_spread_markdown(sweep: dict, spread: list[dict], subset: int, half_width: float,
-                         command: str) -> str:
-  rows = sweep["rows"]
+def seed_spread_summary(spread: list[dict], subset: int) -> str:
+  """One line over every (metric, setting) pair of `seed_spread`."""
   total = sum(len(s["blocks"]) for s in spread)
   missing = sum(s["blocks_missing"] for s in spread)
   ratios = [h / s["half"] for s in spread for h in s["block_halves"] if s["half"] > 0]
+  return (f"Over all {len(spread)} (metric, setting) pairs: {missing} of {total} "
+          f"{subset}-seed intervals miss the all-seeds mean"
+          + (f"; their half-widths range from {min(ratios):.2f}x to {max(ratios):.2f}x "
+             f"the all-seeds half-width (median {float(np.median(ratios)):.2f}x)."
+             if ratios else "."))
+
+
+def seed_spread_markdown(sweep: dict, spread: list[dict], subset: int, half_width: float,
+                         command: str) -> str:
+  rows = sweep["rows"]
   lines = [f"# Seed spread: {rows[0].get('dataset', '?')} sweep", "",
            f"Command: `{command}` (at commit {wd.git_commit()})  ",
            f"Sweep: config {sweep.get('config_hash')}, commit {sweep.get('git_commit')}, "
@@ -483,11 +492,7 @@ def seed_spread_markdown(sweep: dict, spread: list[dict], subset: int, half_widt
            f"intervals that {subset} seeds alone would have reported (disjoint blocks of "
            f"consecutive seeds), how many of those intervals miss the all-seeds mean, and "
            f"the seeds an interval of ± {half_width:g} needs at that SD.", "",
-           f"Over all {len(spread)} (metric, setting) pairs: {missing} of {total} "
-           f"{subset}-seed intervals miss the all-seeds mean"
-           + (f"; their half-widths range from {min(ratios):.2f}x to {max(ratios):.2f}x "
-              f"the all-seeds half-width (median {float(np.median(ratios)):.2f}x)."
-              if ratios else ".")]
+           seed_spread_summary(spread, subset)]
   for m in dict.fromkeys(s["metric"] for s in spread):
     part = [s for s in spread if s["metric"] == m]
     lines += ["", f"## {m}", "",

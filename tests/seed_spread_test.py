@@ -110,3 +110,12 @@ def test_script_refuses_a_folder_without_a_sweep(tmp_path):
       f"splitjax: error: --workdir: no finished sweep in {tmp_path} (no "
       "privacy_utility.json)")
   assert list(tmp_path.iterdir()) == []
+
+
+def test_script_reports_an_unwritable_out(tmp_path):
+  folder = _sweep(tmp_path / "sweep")
+  (tmp_path / "file").write_text("")  # --out's folder is a file: cannot be made.
+  r = _run(f"--workdir={folder}", f"--out={tmp_path}/file/page.md")
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr.strip().splitlines()[-1] == (
+      f"splitjax: error: --out: cannot write {tmp_path}/file/page.md: File exists")
