@@ -368,8 +368,7 @@ def _restore(x):
 
 def read_rows(folder: str) -> list[dict]:
   """The rows of the finished sweep in `folder` (its privacy_utility.json)."""
-  with open(os.path.join(folder, TABLE + ".json")) as f:
-    return _restore(json.load(f)["rows"])
+  return read_sweep(folder)["rows"]
 
 
 def summary_markdown(rows: list[dict]) -> str:
@@ -403,10 +402,9 @@ def seeds_for(sd: float, half_width: float, most: int = 1000) -> int | None:
   """The fewest seeds (>= 2) whose 95 % t-interval has a half-width of at most
   `half_width`, for a metric whose seed-to-seed standard deviation is `sd`;
   None if more than `most` would be needed."""
-  for n in range(2, most + 1):
-    if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) <= half_width:
-      return n
-  return None
+  n = np.arange(2, most + 1)
+  fits = np.flatnonzero(stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) <= half_width)
+  return int(n[fits[0]]) if fits.size else None
 
 
 def read_sweep(folder: str) -> dict:
@@ -430,10 +428,11 @@ def read_sweep(folder: str) -> dict:
 
 def default_metrics(rows: list[dict]) -> list[str]:
   """Test AUC and every attack's metric, in the table's order."""
-  seen = []
-  for r in rows:
-    seen += [k for k in r["per_seed"] if k not in seen and (k == "test_auc" or "/" in k)]
-  return seen
+  return [k for k in _per_seed_names(rows) if k == "test_auc" or "/" in k]
+
+
+def _per_seed_names(rows: list[dict]) -> list[str]:
+  return list(dict.fromkeys(k for r in rows for k in r["per_seed"]))
 
 
 def seed_spread(rows: list[dict], metrics: list[str], subset: int) -> list[dict]:
@@ -444,7 +443,7 @@ def seed_spread(rows: list[dict], metrics: list[str], subset: int) -> list[dict]
   seeds = min(len(v) for r in rows for v in r["per_seed"].values())
   if subset > seeds:
     raise ConfigError(f"--subset: blocks of {subset} seeds, but the sweep has {seeds}")
-  known = list(dict.fromkeys(k for r in rows for k in r["per_seed"]))
+  known = _per_seed_names(rows)
   unknown = [m for m in metrics if m not in known]
   if unknown:
     raise ConfigError(f"--metrics: no per-seed values for {', '.join(unknown)}; the "
@@ -456,12 +455,12 @@ def seed_spread(rows: list[dict], metrics: list[str], subset: int) -> list[dict]
       if v is None or any(x is None or not math.isfinite(x) for x in v):
         continue  # Not attacked in this setting (server-only), or a failed run.
       mean, half = ci95(v)
-      blocks = [ci95(v[i:i + subset]) for i in range(0, len(v) - subset + 1, subset)]
+      starts = range(0, len(v) - subset + 1, subset)
+      blocks = [ci95(v[i:i + subset]) for i in starts]
       names = str(r.get("seeds", "")).split()
       out.append({"metric": m, "setting": r["setting"], "seeds": len(v), "mean": mean,
                   "half": half, "sd": float(np.std(v, ddof=1)),
-                  "blocks": [" ".join(names[i:i + subset]) for i in
-                             range(0, len(v) - subset + 1, subset)],
+                  "blocks": [" ".join(names[i:i + subset]) for i in starts],
                   "block_halves": [h for _, h in blocks],
                   "blocks_missing": sum(abs(bm - mean) > bh for bm, bh in blocks)})
   return out
