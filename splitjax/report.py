@@ -439,7 +439,9 @@ def seed_spread(rows: list[dict], metrics: list[str], subset: int) -> list[dict]
   """Per metric and setting: the mean and 95 % t-interval over all seeds, the
   seed-to-seed standard deviation, and the intervals of the disjoint blocks
   of `subset` consecutive seeds (what a sweep of `subset` seeds would have
-  reported), with how many of them miss the all-seeds mean."""
+  reported), with how many of them miss the all-seeds mean and how many of
+  those misses are zero-width: blocks whose seeds agreed exactly, which miss
+  any mean they do not equal, however close."""
   seeds = min(len(v) for r in rows for v in r["per_seed"].values())
   if subset > seeds:
     raise ConfigError(f"--subset: blocks of {subset} seeds, but the sweep has {seeds}")
@@ -457,12 +459,16 @@ def seed_spread(rows: list[dict], metrics: list[str], subset: int) -> list[dict]
       mean, half = ci95(v)
       starts = range(0, len(v) - subset + 1, subset)
       blocks = [ci95(v[i:i + subset]) for i in starts]
+      missing = [abs(bm - mean) > bh for bm, bh in blocks]
       names = str(r.get("seeds", "")).split()
       out.append({"metric": m, "setting": r["setting"], "seeds": len(v), "mean": mean,
                   "half": half, "sd": float(np.std(v, ddof=1)),
                   "blocks": [" ".join(names[i:i + subset]) for i in starts],
                   "block_halves": [h for _, h in blocks],
-                  "blocks_missing": sum(abs(bm - mean) > bh for bm, bh in blocks)})
+                  "blocks_missing": sum(missing),
+                  "blocks_missing_zero_width": sum(
+                      miss and len(set(v[i:i + subset])) == 1
+                      for miss, i in zip(missing, starts))})
   return out
 
 
@@ -470,9 +476,12 @@ def seed_spread_summary(spread: list[dict], subset: int) -> str:
   """One line over every (metric, setting) pair of `seed_spread`."""
   total = sum(len(s["blocks"]) for s in spread)
   missing = sum(s["blocks_missing"] for s in spread)
+  zero = sum(s["blocks_missing_zero_width"] for s in spread)
   ratios = [h / s["half"] for s in spread for h in s["block_halves"] if s["half"] > 0]
   return (f"Over all {len(spread)} (metric, setting) pairs: {missing} of {total} "
           f"{subset}-seed intervals miss the all-seeds mean"
+          + (f" ({zero} of them zero-width: the block's seeds agreed exactly)"
+             if zero else "")
           + (f"; their half-widths range from {min(ratios):.2f}x to {max(ratios):.2f}x "
              f"the all-seeds half-width (median {float(np.median(ratios)):.2f}x)."
              if ratios else "."))
@@ -489,8 +498,9 @@ def seed_spread_markdown(sweep: dict, spread: list[dict], subset: int, half_widt
            f"Each metric's table gives, per setting, the mean ± 95 % t-interval over all "
            f"seeds, the seed-to-seed standard deviation (SD), the half-widths of the "
            f"intervals that {subset} seeds alone would have reported (disjoint blocks of "
-           f"consecutive seeds), how many of those intervals miss the all-seeds mean, and "
-           f"the seeds an interval of ± {half_width:g} needs at that SD.", "",
+           f"consecutive seeds), how many of those intervals miss the all-seeds mean (a "
+           f"zero-width one, from seeds that agreed exactly, misses any mean it does not "
+           f"equal), and the seeds an interval of ± {half_width:g} needs at that SD.", "",
            seed_spread_summary(spread, subset)]
   for m in dict.fromkeys(s["metric"] for s in spread):
     part = [s for s in spread if s["metric"] == m]
@@ -500,8 +510,10 @@ def seed_spread_markdown(sweep: dict, spread: list[dict], subset: int, half_widt
               f"the mean | seeds for ± {half_width:g} |", "|---|---|---|---|---|---|"]
     for s in part:
       need = seeds_for(s["sd"], half_width)
+      zero = s["blocks_missing_zero_width"]
       lines.append(f"| {s['setting']} | {s['mean']:.4f} ± {s['half']:.4f} | {s['sd']:.4f} "
                    f"| {', '.join(f'{h:.4f}' for h in s['block_halves'])} "
-                   f"| {s['blocks_missing']}/{len(s['blocks'])} "
+                   f"| {s['blocks_missing']}/{len(s['blocks'])}"
+                   f"{f' ({zero} zero-width)' if zero else ''} "
                    f"| {need if need is not None else '> 1000'} |")
   return "\n".join(lines) + "\n"

@@ -41,11 +41,18 @@ def test_seed_spread_known_answers():
   assert a["half"] == pytest.approx(1.9633143, rel=1e-6)
   assert a["block_halves"] == pytest.approx([2.4841377, 2.4841377], rel=1e-6)
   assert a["blocks"] == ["0 1 2", "3 4 5"] and a["blocks_missing"] == 0
+  assert a["blocks_missing_zero_width"] == 0
   # Each block of "b" is constant: a zero-width interval that misses the mean 0.6.
   assert b["mean"] == pytest.approx(0.6)
   assert b["block_halves"] == pytest.approx([0.0, 0.0], abs=1e-12)
   assert b["blocks_missing"] == 2 and b["sd"] == pytest.approx(math.sqrt(0.012))
+  assert b["blocks_missing_zero_width"] == 2  # Both misses are of that kind.
   assert b_label["sd"] == 0.0 and b_label["blocks_missing"] == 0
+  assert b_label["blocks_missing_zero_width"] == 0  # Zero-width, but on the mean.
+  # One constant block and one spread one, both missing the mean 1.5.
+  [c] = report.seed_spread([{"setting": "c", "seeds": "0 1 2 3 4 5", "per_seed": {
+      "test_auc": [1.0, 1.0, 1.0, 2.0, 1.95, 2.05]}}], ["test_auc"], 3)
+  assert c["blocks_missing"] == 2 and c["blocks_missing_zero_width"] == 1
 
 
 def test_seeds_for():
@@ -79,7 +86,9 @@ def test_script_writes_its_page_and_keeps_it(tmp_path):
   assert "config c0ffee, commit abc123, seeds 0 1 2 3 4 5; jax test." in page
   assert "| a | 3.5000 ± 1.9633 | 1.8708 | 2.4841, 2.4841 | 0/2 | 16 |" in page
   assert "| b | 0.9000 ± 0.0000 | 0.0000 | 0.0000, 0.0000 | 0/2 | 2 |" in page  # exact/label
-  assert "3 (metric, setting) pairs: 2 of 6 3-seed intervals miss" in page
+  assert "| b | 0.6000 ± 0.1150 | 0.1095 | 0.0000, 0.0000 | 2/2 (2 zero-width) | " in page
+  assert ("3 (metric, setting) pairs: 2 of 6 3-seed intervals miss the all-seeds mean "
+          "(2 of them zero-width: the block's seeds agreed exactly); " in page)
 
   again = _run(f"--workdir={folder}")  # A finished page is refused and kept.
   assert again.returncode == 2
