@@ -43,6 +43,7 @@ def main(argv):
   hidden, batch = model.head.hidden[0], view.ids.shape[-1]
   views = (jax.tree.map(lambda a: a[None], view),)
   select, zero = jnp.zeros(1, jnp.int32), jnp.zeros(1, jnp.float32)
+  log_rr = exact.label_log_rr([float("inf")], space.num_labels)
   rows = []
   for mb in (float(x) for x in _CHUNK_MB.value):
     chunk, block = exact.plan_chunk(space, 1, n, batch, hidden, False, 4096, mb)
@@ -54,7 +55,7 @@ def main(argv):
       carry = exact._empty_carry((1, 1, n))
       for i in range(num_chunks):
         carry = exact._chunk(carry, jnp.int32(i * chunk), views, select, zero, zero,
-                             jnp.float32(1e-4), None,
+                             log_rr, jnp.float32(1e-4), None,
                              model=model, space=space, metric="l2", chunk=chunk,
                              num_records=n, bayes=False, block=block)
       return carry

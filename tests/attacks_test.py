@@ -185,6 +185,48 @@ def test_noiseless_bayes_is_exact_whatever_the_message_size(run, factor):
   assert np.all(r.posterior[r.seen] > 0.99)
 
 
+def test_bayes_models_randomized_labels_under_label_dp():
+  # The device trains on randomized labels (epsilon 1: kept with probability
+  # keep = e / (e + 1)) and sends exact messages. EXACT finds the label sent.
+  # Bayes, told the epsilon, gives the true label the posterior
+  # prior(y) P(sent | y) / sum: with a uniform prior its MAP is the label sent,
+  # with posterior keep; a prior for the other label at odds above
+  # keep / (1 - keep) = e turns its MAP to that label, and one below does not.
+  c = small_config(data__synthetic__num_examples=1600)
+  c.view.capture = True
+  ds = data.load(c.data)
+  model = models.make_model(ds.schema, c.model)
+  spec = training.make_spec(c, model, ds.train)
+  state, _, views = training.train(
+      training.Trainer(spec), jax.device_put(ds.train), jax.device_put(ds.test),
+      training.make_settings([dict(ROW, label_epsilon=1.0)]), 1)
+  sent = np.asarray(state.labels)[0]
+  view = jax.tree.map(lambda a: a[0], views[0])
+  space = knowledge.candidate_space(ds.schema, ())
+  n, keep = ds.train.num_examples, math.e / (math.e + 1)
+  mech = knowledge.Mechanism(0.0, 0.0, label_epsilon=1.0)
+  r = exact.attack(model, space, mech, [view], n)
+  flipped = r.seen & (sent != ds.train.y)
+  assert 0.2 < flipped.sum() / r.seen.sum() < 0.33  # 1 - keep = 0.269.
+  assert _acc(r.label, sent, r.seen) == 1.0
+  b = exact.attack(model, space, mech, [view], n, bayes=True)
+  np.testing.assert_array_equal(_acc(b.digits, ds.train.x_p_cat, b.seen), [1.0, 1.0])
+  assert _acc(b.label, sent, b.seen) == 1.0
+  np.testing.assert_allclose(b.posterior[b.seen], keep, rtol=1e-5)
+  # Without the epsilon Bayes believes the labels sent: posterior 1.
+  blind = exact.attack(model, space, knowledge.Mechanism(0.0, 0.0), [view], n, bayes=True)
+  assert np.all(blind.posterior[blind.seen] > 0.99)
+  cats = tuple(jnp.zeros((n, f.vocab_size)) for f in ds.schema.private_categorical)
+  for log_odds, turned in ((1.2, True), (0.8, False)):  # log(keep / (1 - keep)) = 1.
+    towards_other = jnp.asarray(log_odds * jax.nn.one_hot(1 - sent, 2))
+    p = exact.attack(model, space, mech, [view], n, bayes=True,
+                     log_prior=(cats, towards_other))
+    assert _acc(p.label, 1 - sent if turned else sent, p.seen) == 1.0, log_odds
+    odds = math.exp(log_odds) * (1 - keep) / keep
+    want = max(odds, 1.0) / (1.0 + odds)
+    np.testing.assert_allclose(p.posterior[p.seen], want, rtol=1e-4)
+
+
 def numeric_run():
   """A captured run with one private categorical and one numeric, and its
   auxiliary sample (20 %)."""

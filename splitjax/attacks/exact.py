@@ -18,6 +18,11 @@ through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
   likelihood is a point mass; it stands in a Gaussian whose scale is
   `noiseless_scale` times the record's RMS message coordinate, which makes it
   EXACT with a prior tie-break whatever the size of the record's messages.
+  Under label DP the device computed every message from its randomized
+  label y~, so the likelihood of a true label y mixes over it:
+  sum_y~ P(y~ | y) exp(-sum_r ||g_r - clip(g_r(c, y~))||^2 / (2 (sigma C)^2)),
+  with P the public k-ary randomized response at epsilon_label. (EXACT,
+  which matches messages, finds y~.)
 
 One pass over the releases gives both, after every epoch: each release's
 distances are computed once, reduced to that epoch's EXACT answer, and added
@@ -256,6 +261,25 @@ def _likelihood_variance(noise, noiseless_scale, mm_sum, count, dim):
   return jnp.where(noise > 0, noise ** 2, jnp.maximum(noiseless_scale ** 2 * rms2, 1e-30))
 
 
+def label_log_rr(label_epsilon, num_labels: int) -> np.ndarray:
+  """[S, K, K] log P(reported y~ | true y) of k-ary randomized response at
+  each setting's epsilon (inf: the identity, log 1 on the diagonal and -inf
+  off it), as splitjax.defences.randomized_response draws it."""
+  eps = np.asarray(label_epsilon, np.float64).reshape(-1, 1, 1)
+  with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+    keep = np.where(np.isinf(eps), 1.0, np.exp(eps) / (np.exp(eps) + num_labels - 1))
+    other = np.where(np.isinf(eps), 0.0, (1.0 - keep) / max(num_labels - 1, 1))
+    probs = np.where(np.eye(num_labels, dtype=bool), keep, other)
+    return np.log(probs).astype(np.float32)
+
+
+def _mix_labels(log_lik, log_rr):
+  """log sum_y~ P(y~ | y) exp(log_lik[..., y~]) for every true label y,
+  [..., K], from log_lik [..., K] over the reported label y~."""
+  return jnp.stack([jax.nn.logsumexp(log_lik + log_rr[y], axis=-1)
+                    for y in range(log_rr.shape[0])], -1)
+
+
 def _fmix32(x):
   """MurmurHash3's 32-bit finaliser, a bijection on uint32."""
   x = x ^ (x >> 16)
@@ -291,14 +315,15 @@ def _merge(old, new, tolerance):
   return top, jnp.where(take, i1, i0), jnp.where(take, r1, r0)
 
 
-def _chunk_impl(carry, start, views, select, clip_norm, noise, noiseless_scale, log_prior,
-                *, model, space, metric, chunk, num_records, bayes, block):
+def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless_scale,
+                log_prior, *, model, space, metric, chunk, num_records, bayes, block):
   """Folds one candidate chunk into every setting's and epoch's running best.
 
   views: per-epoch ServerViews with a leading [all settings] axis; select [S]:
-  the settings to attack. carry: (EXACT best, index, tie rank, Bayes best,
-  index, tie rank, Bayes log-sum-exp), each [S, E, N]; scores are maximised
-  (EXACT's is minus the distance).
+  the settings to attack; clip_norm, noise [S] and log_rr [S, K, K] (label
+  DP, `label_log_rr`) their defences. carry: (EXACT best, index, tie rank,
+  Bayes best, index, tie rank, Bayes log-sum-exp), each [S, E, N]; scores
+  are maximised (EXACT's is minus the distance).
   """
   k = space.num_labels
   index = start + jnp.arange(chunk)
@@ -313,7 +338,7 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, noiseless_scale, 
       prior = prior + table[:, digits[:, j]][:, :, None]
     prior = jnp.where(valid[None, :, None], prior, -jnp.inf)  # [N, C, K]
 
-  def one_setting(carry_s, setting, clip_s, noise_s):
+  def one_setting(carry_s, setting, clip_s, noise_s, log_rr_s):
     def step(state, xs):
       vs, mm = xs
       acc, best = state
@@ -348,9 +373,23 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, noiseless_scale, 
         count = count.at[ids_e].add(1.0)
         var = _likelihood_variance(noise_s, noiseless_scale, mm_sum, count,
                                    view_e.messages.shape[-1])
-        value = (prior - acc / (2.0 * var)[:, None, None]).reshape(num_records, -1)
-        top = value.argmax(-1)[:, None]
-        acc_top = jnp.take_along_axis(acc.reshape(num_records, -1), top, -1)[:, 0]
+        log_lik = -acc / (2.0 * var)[:, None, None]  # [N, C, K] by the label sent
+        plain = prior + log_lik
+        # Label DP: the messages carry the randomized label, so a true label's
+        # likelihood mixes over the labels it may have been reported as. Without
+        # label DP the plain sum is kept as it is (no rounding from the mixture).
+        label_dp = jnp.isfinite(log_rr_s[0, -1])
+        value = jnp.where(label_dp, prior + _mix_labels(log_lik, log_rr_s), plain)
+        value = value.reshape(num_records, -1)
+        top = value.argmax(-1)
+        rows = jnp.arange(num_records)
+        acc_c = acc[rows, top // k]                          # [N, K] by the label sent
+        y_top = top % k
+        # The distance behind the top value: its own label's, or under label
+        # DP that of the reported label that dominates its mixture.
+        sent = jnp.where(label_dp, (log_rr_s[y_top] + log_lik[rows, top // k]).argmax(-1),
+                         y_top)
+        acc_top = acc_c[rows, sent]
         tol = _bayes_tolerance(acc_top, mm_sum, var)
         new = _pick(value, pair_index, jnp.arange(num_records), tol)
         bx = _merge(bx, new, tol)
@@ -362,7 +401,7 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, noiseless_scale, 
   # buffers scale with the block and not with the whole group. A block of one
   # is a plain loop: vmap over a unit axis made XLA:CPU's dots and scatters
   # batched, and the step 5x slower.
-  return jax.lax.map(lambda xs: one_setting(*xs), (carry, select, clip_norm, noise),
+  return jax.lax.map(lambda xs: one_setting(*xs), (carry, select, clip_norm, noise, log_rr),
                      batch_size=block if block > 1 else None)
 
 
@@ -371,7 +410,7 @@ _chunk = jax.jit(_chunk_impl, static_argnames=_STATIC, donate_argnums=(0,))
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("mesh",), donate_argnums=(0,))
-def _chunk_sharded(carry, start, views, select, clip_norm, noise, noiseless_scale,
+def _chunk_sharded(carry, start, views, select, clip_norm, noise, log_rr, noiseless_scale,
                    log_prior, *, mesh, **static):
   """_chunk with the settings spread over the mesh: each device runs its own
   settings' block (views, carry and defences sharded on their leading
@@ -379,9 +418,10 @@ def _chunk_sharded(carry, start, views, select, clip_norm, noise, noiseless_scal
   per = PartitionSpec(sharding.AXIS)
   rep = PartitionSpec()
   fn = jax.shard_map(functools.partial(_chunk_impl, **static), mesh=mesh,
-                     in_specs=(per, rep, per, per, per, per, rep, rep), out_specs=per,
+                     in_specs=(per, rep, per, per, per, per, per, rep, rep), out_specs=per,
                      check_vma=False)
-  return fn(carry, start, views, select, clip_norm, noise, noiseless_scale, log_prior)
+  return fn(carry, start, views, select, clip_norm, noise, log_rr, noiseless_scale,
+            log_prior)
 
 
 def chunk_bytes(space: CandidateSpace, num_records: int, batch: int, hidden: int,
@@ -461,8 +501,8 @@ def _empty_carry_on(mesh):
 
 
 def attack_settings(model, space: CandidateSpace, views: list[ServerView],
-                    num_records: int, *, clip_norm, noise_stddev, select=None,
-                    bayes: bool = True, log_prior=None, metric: str = "l2",
+                    num_records: int, *, clip_norm, noise_stddev, label_epsilon=None,
+                    select=None, bayes: bool = True, log_prior=None, metric: str = "l2",
                     noiseless_scale: float = 1e-4, chunk_candidates: int = 4096,
                     chunk_mb: float = 0.0, max_chunk_mb: float = 1024.0,
                     max_candidates: int = 2_000_000) -> SettingsResult:
@@ -475,6 +515,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
     num_records: training records (ids index 0..num_records-1).
     clip_norm, noise_stddev: [S] the public message defence of each attacked
       setting (clip norm 0 = none).
+    label_epsilon: [S] each setting's label randomized response (inf or None
+      = none), which Bayes's likelihood mixes over.
     select: [S] which settings of `views` to attack (default: all).
     bayes: also run Bayesian EXACT.
     log_prior: (tuple of [N, V_j] per private categorical, [N, K] label)
@@ -506,6 +548,10 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
     log_prior = (cats, jnp.zeros((num_records, space.num_labels)))
   noise = np.asarray(noise_stddev, np.float32)
   clip_norm = np.asarray(clip_norm, np.float32)
+  log_rr = label_log_rr([math.inf] * num_settings if label_epsilon is None
+                        else label_epsilon, space.num_labels)
+  if log_rr.shape[0] != num_settings:
+    raise ValueError(f"label_epsilon: {log_rr.shape[0]} values for {num_settings} settings")
   shape = (num_settings, num_epochs, num_records)
   static = dict(model=model, space=space, metric=metric, chunk=chunk,
                 num_records=num_records, bayes=bayes, block=block)
@@ -520,7 +566,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
         shared = sharding.replicate((v.step, v.epoch, v.device_params), m)
         return ServerView(*per_record[:3], shared[0], shared[1], per_record[3], shared[2])
       views = [spread(v) for v in views]
-    run, args = _chunk, (tuple(views), np.asarray(select, np.int32), clip_norm, noise)
+    run, args = _chunk, (tuple(views), np.asarray(select, np.int32), clip_norm, noise,
+                         log_rr)
     carry = _empty_carry(shape)
   else:
     # The attacked settings over every device, padded with copies of the
@@ -533,9 +580,10 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
     static["block"] = min(block, local)
     run = functools.partial(_chunk_sharded, mesh=m)
     picked = tuple(jax.tree.map(lambda a: a[select], v) for v in views)
-    picked, clip_p, noise_p = sharding.pad_leading((picked, clip_norm, noise), m.size)
+    picked, clip_p, noise_p, rr_p = sharding.pad_leading((picked, clip_norm, noise, log_rr),
+                                                         m.size)
     local_select = np.tile(np.arange(local, dtype=np.int32), m.size)
-    args = sharding.shard_axis((picked, local_select, clip_p, noise_p), m, 0)
+    args = sharding.shard_axis((picked, local_select, clip_p, noise_p, rr_p), m, 0)
     carry = _empty_carry_on(m)(shape=(local * m.size,) + shape[1:])
   num_chunks = math.ceil(space.size / chunk)
   start = last_log = time.perf_counter()
@@ -596,7 +644,7 @@ def attack(model, space: CandidateSpace, mech: Mechanism, views: list[ServerView
   r = attack_settings(model, space, [_with_setting_axis(v) for v in views],
                       num_records,
                       clip_norm=[mech.clip_norm], noise_stddev=[mech.noise_stddev],
-                      bayes=bayes, log_prior=log_prior, metric=metric,
+                      label_epsilon=[mech.label_epsilon], bayes=bayes, log_prior=log_prior, metric=metric,
                       noiseless_scale=noiseless_scale,
                       chunk_candidates=chunk_candidates, chunk_mb=chunk_mb,
                       max_chunk_mb=max_chunk_mb, max_candidates=max_candidates)

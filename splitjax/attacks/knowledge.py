@@ -43,9 +43,11 @@ class AuxSample(NamedTuple):
 
 
 class Mechanism(NamedTuple):
-  """The public message defence: clip norm C (0 = none), noise stddev."""
+  """The public defence: clip norm C (0 = none), noise stddev, and the
+  epsilon of label randomized response (inf = none)."""
   clip_norm: float
   noise_stddev: float
+  label_epsilon: float = math.inf
 
 
 @dataclasses.dataclass(frozen=True)
