@@ -644,8 +644,8 @@ def attack(model, space: CandidateSpace, mech: Mechanism, views: list[ServerView
   r = attack_settings(model, space, [_with_setting_axis(v) for v in views],
                       num_records,
                       clip_norm=[mech.clip_norm], noise_stddev=[mech.noise_stddev],
-                      label_epsilon=[mech.label_epsilon], bayes=bayes, log_prior=log_prior, metric=metric,
-                      noiseless_scale=noiseless_scale,
+                      label_epsilon=[mech.label_epsilon], bayes=bayes,
+                      log_prior=log_prior, metric=metric, noiseless_scale=noiseless_scale,
                       chunk_candidates=chunk_candidates, chunk_mb=chunk_mb,
                       max_chunk_mb=max_chunk_mb, max_candidates=max_candidates)
   last = len(views) - 1
