@@ -52,7 +52,7 @@ def main(argv):
                          _REPEATS.value)
 
     def device_part(chunk=chunk, block=block, num_chunks=num_chunks):
-      carry = exact._empty_carry((1, 1, n))
+      carry = exact._empty_carry((1, 1, n), 1)
       for i in range(num_chunks):
         carry = exact._chunk(carry, jnp.int32(i * chunk), views, select, zero, zero,
                              log_rr, jnp.float32(1e-4), None,

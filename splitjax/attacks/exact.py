@@ -14,7 +14,11 @@ through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
 - Bayesian EXACT: log p(c, y | releases) = log prior(c, y | x_s)
   - sum_r ||g_r - clip(g_r(c, y))||^2 / (2 (sigma C)^2), over every release r of
   the record seen so far (each with the device params of its step). It reports
-  the MAP candidate and its posterior probability. With sigma = 0 the
+  the MAP candidate and its posterior probability, and for each private
+  feature and the label on its own the value of largest marginal posterior
+  (summed over every other feature and the label) with that probability:
+  the MAP candidate maximises the chance that everything is right, the
+  marginal MAPs each feature's chance. With sigma = 0 the
   likelihood is a point mass; it stands in a Gaussian whose scale is
   `noiseless_scale` times the record's RMS message coordinate, which makes it
   EXACT with a prior tie-break whatever the size of the record's messages.
@@ -65,6 +69,11 @@ class ExactResult(NamedTuple):
   score: np.ndarray      # float32 [N] best score (EXACT) / MAP log posterior
   posterior: np.ndarray  # float32 [N] MAP posterior probability (Bayes), else nan
   seen: np.ndarray       # bool [N] the record had at least one release
+  # Bayes only: each feature's and the label's own marginal MAP, and its
+  # marginal posterior probability ([N, F + 1], the label last).
+  marginal_digits: np.ndarray | None = None   # int32 [N, F]
+  marginal_label: np.ndarray | None = None    # int32 [N]
+  marginal_posterior: np.ndarray | None = None  # float32 [N, F + 1]
 
 
 class SettingsResult(NamedTuple):
@@ -81,6 +90,9 @@ class SettingsResult(NamedTuple):
   bayes_posterior: np.ndarray  # float32 [S, E, N] MAP posterior probability
   bayes_log_map: np.ndarray    # float32 [S, E, N] MAP unnormalised log posterior
   released: np.ndarray         # bool [S, E, N] the record was released in epoch e
+  bayes_marginal_digits: np.ndarray      # int32 [S, E, N, F] each feature's marginal MAP
+  bayes_marginal_label: np.ndarray       # int32 [S, E, N] the label's marginal MAP
+  bayes_marginal_posterior: np.ndarray   # float32 [S, E, N, F + 1] their probabilities
 
   def exact(self, s: int, e: int) -> ExactResult:
     return ExactResult(self.exact_digits[s, e], self.exact_label[s, e],
@@ -91,7 +103,8 @@ class SettingsResult(NamedTuple):
   def bayes(self, s: int, e: int) -> ExactResult:
     return ExactResult(self.bayes_digits[s, e], self.bayes_label[s, e],
                        self.bayes_log_map[s, e], self.bayes_posterior[s, e],
-                       self.released[s, :e + 1].any(0))
+                       self.released[s, :e + 1].any(0), self.bayes_marginal_digits[s, e],
+                       self.bayes_marginal_label[s, e], self.bayes_marginal_posterior[s, e])
 
 
 def label_cotangents(logits: jax.Array, num_labels: int) -> jax.Array:
@@ -280,6 +293,19 @@ def _mix_labels(log_lik, log_rr):
                     for y in range(log_rr.shape[0])], -1)
 
 
+def _marginals(value, onehot):
+  """One chunk's marginal log masses [N, V + K]: log sum exp of value
+  [N, C, K] over the candidates with each value of each private feature
+  (onehot [C, V], every feature's values side by side), then over every
+  candidate for each label."""
+  by_label = jax.nn.logsumexp(value, axis=1)                # [N, K]
+  by_candidate = jax.nn.logsumexp(value, axis=2)            # [N, C]
+  top = by_candidate.max(-1, keepdims=True)
+  top = jnp.where(jnp.isfinite(top), top, 0.0)
+  by_value = jnp.log(jnp.exp(by_candidate - top) @ onehot) + top
+  return jnp.concatenate([by_value, by_label], -1)
+
+
 def _fmix32(x):
   """MurmurHash3's 32-bit finaliser, a bijection on uint32."""
   x = x ^ (x >> 16)
@@ -322,8 +348,10 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
   views: per-epoch ServerViews with a leading [all settings] axis; select [S]:
   the settings to attack; clip_norm, noise [S] and log_rr [S, K, K] (label
   DP, `label_log_rr`) their defences. carry: (EXACT best, index, tie rank,
-  Bayes best, index, tie rank, Bayes log-sum-exp), each [S, E, N]; scores
-  are maximised (EXACT's is minus the distance).
+  Bayes best, index, tie rank, Bayes log-sum-exp), each [S, E, N], and
+  Bayes's marginal log masses [S, E, N, sum(radices) + K] (`_marginals`;
+  an unused width 1 without Bayes); scores are maximised (EXACT's is minus the
+  distance).
   """
   k = space.num_labels
   index = start + jnp.arange(chunk)
@@ -337,6 +365,9 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
     for j, table in enumerate(cat_tables):
       prior = prior + table[:, digits[:, j]][:, :, None]
     prior = jnp.where(valid[None, :, None], prior, -jnp.inf)  # [N, C, K]
+    onehot = jnp.concatenate([jnp.zeros((chunk, 0))]  # [C, V]; V = 0: label only
+                             + [jax.nn.one_hot(digits[:, j], r)
+                                for j, r in enumerate(space.radices)], -1)
 
   def one_setting(carry_s, setting, clip_s, noise_s, log_rr_s):
     def step(state, xs):
@@ -361,7 +392,7 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
     for e, view in enumerate(views):
       view_e = jax.tree.map(lambda a: a[setting], view)
       carry_e = tuple(c[e] for c in carry_s)
-      ex, bx, bl = carry_e[:3], carry_e[3:6], carry_e[6]
+      ex, bx, bl, bm = carry_e[:3], carry_e[3:6], carry_e[6], carry_e[7]
       # |m|^2 of every release, before the step loop: inside it XLA:CPU fused
       # the reduction into the small per-label kernel, which then took 0.3 ms
       # a step (results/benchmarks/trace_cpu-x86_64-2cores.md, W1).
@@ -382,6 +413,7 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
         label_dp = jnp.isfinite(log_rr_s[0, -1])
         value = jax.lax.cond(label_dp, lambda: prior + _mix_labels(log_lik, log_rr_s),
                              lambda: prior + log_lik)
+        bm = jnp.logaddexp(bm, _marginals(value, onehot))
         value = value.reshape(num_records, -1)
         top = value.argmax(-1)
         rows = jnp.arange(num_records)
@@ -396,7 +428,7 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
         new = _pick(value, pair_index, jnp.arange(num_records), tol)
         bx = _merge(bx, new, tol)
         bl = jnp.logaddexp(bl, jax.nn.logsumexp(value, axis=-1))
-      outs.append(ex + bx + (bl,))
+      outs.append(ex + bx + (bl, bm))
     return tuple(jnp.stack(x) for x in zip(*outs))
 
   # Settings go through in blocks of `block`, vmapped within a block, so the
@@ -405,6 +437,30 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
   # batched, and the step 5x slower.
   return jax.lax.map(lambda xs: one_setting(*xs), (carry, select, clip_norm, noise, log_rr),
                      batch_size=block if block > 1 else None)
+
+
+@functools.partial(jax.jit, static_argnames=("widths",))
+def _marginal_picks(log_mass, widths):
+  """(index [..., G], probability [..., G]) of the largest of each group of
+  log_mass [..., N, sum(widths)] (G groups: the features, then the label),
+  N the records. Values within rounding of the best are tied, and a fixed
+  pseudo-random order per record picks among them, as `_pick` does; a record
+  without a release gets index 0 and probability nan."""
+  ids = jnp.arange(log_mass.shape[-2])
+  picks, probs, start = [], [], 0
+  for w in widths:
+    x = log_mass[..., start:start + w]
+    start += w
+    best = x.max(-1, keepdims=True)
+    ok = jnp.isfinite(best)
+    near = ok & (x >= best - (_RTOL * jnp.abs(best) + 1e-4))
+    rank = jnp.where(near, _tie_order(ids, jnp.arange(w)), jnp.uint32(0xFFFFFFFF))
+    j = rank.argmin(-1)
+    p = jnp.exp(jnp.take_along_axis(x, j[..., None], -1)
+                - jax.nn.logsumexp(jnp.where(ok, x, 0.0), -1, keepdims=True))[..., 0]
+    picks.append(j.astype(jnp.int32))
+    probs.append(jnp.where(ok[..., 0], p, jnp.nan))
+  return jnp.stack(picks, -1), jnp.stack(probs, -1)
 
 
 _STATIC = ("model", "space", "metric", "chunk", "num_records", "bayes", "block")
@@ -429,9 +485,10 @@ def _chunk_sharded(carry, start, views, select, clip_norm, noise, log_rr, noisel
 def chunk_bytes(space: CandidateSpace, num_records: int, batch: int, hidden: int,
                 bayes: bool) -> tuple[int, int]:
   """Approximate buffer bytes per candidate and setting: (the per-step
-  intermediates, the per-record running sums, prior and posterior of Bayes)."""
+  intermediates, the per-record running sums, prior and posterior of Bayes,
+  and its two per-candidate sums for the marginals)."""
   k = space.num_labels
-  return 4 * batch * (3 * hidden + 2 * k), (4 * 3 * num_records * k if bayes else 0)
+  return 4 * batch * (3 * hidden + 2 * k), (4 * (3 * k + 2) * num_records if bayes else 0)
 
 
 def check_memory(space: CandidateSpace, num_records: int, batch: int,
@@ -451,14 +508,15 @@ def check_memory(space: CandidateSpace, num_records: int, batch: int,
         f"attack.exact.max_chunk_mb={max_chunk_mb:,.0f}; lower the chunk")
 
 
-def _empty_carry_impl(shape):
-  """The running bests before any chunk, in one dispatch."""
+def _empty_carry_impl(shape, width):
+  """The running bests before any chunk, in one dispatch (width: Bayes's
+  marginal values per record)."""
   pick = (jnp.full(shape, -jnp.inf), jnp.zeros(shape, jnp.int32),
           jnp.full(shape, 0xFFFFFFFF, jnp.uint32))
-  return pick + pick + (jnp.full(shape, -jnp.inf),)
+  return pick + pick + (jnp.full(shape, -jnp.inf), jnp.full(shape + (width,), -jnp.inf))
 
 
-_empty_carry = jax.jit(_empty_carry_impl, static_argnames=("shape",))
+_empty_carry = jax.jit(_empty_carry_impl, static_argnames=("shape", "width"))
 
 
 @jax.jit
@@ -498,7 +556,7 @@ def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
 @functools.lru_cache(maxsize=4)
 def _empty_carry_on(mesh):
   """_empty_carry, its leading setting axis sharded over the mesh."""
-  return jax.jit(_empty_carry_impl, static_argnames=("shape",),
+  return jax.jit(_empty_carry_impl, static_argnames=("shape", "width"),
                  out_shardings=NamedSharding(mesh, PartitionSpec(sharding.AXIS)))
 
 
@@ -555,6 +613,10 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   if log_rr.shape[0] != num_settings:
     raise ValueError(f"label_epsilon: {log_rr.shape[0]} values for {num_settings} settings")
   shape = (num_settings, num_epochs, num_records)
+  widths = tuple(space.radices) + (space.num_labels,)
+  # Without Bayes one unused column: lax.map's batching cannot reshape a
+  # zero-size carry.
+  width = sum(widths) if bayes else 1
   static = dict(model=model, space=space, metric=metric, chunk=chunk,
                 num_records=num_records, bayes=bayes, block=block)
   m = sharding.local_mesh()
@@ -570,7 +632,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
       views = [spread(v) for v in views]
     run, args = _chunk, (tuple(views), np.asarray(select, np.int32), clip_norm, noise,
                          log_rr)
-    carry = _empty_carry(shape)
+    carry = _empty_carry(shape, width)
   else:
     # The attacked settings over every device, padded with copies of the
     # last to a multiple of the device count; each device attacks its own,
@@ -586,7 +648,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
                                                          m.size)
     local_select = np.tile(np.arange(local, dtype=np.int32), m.size)
     args = sharding.shard_axis((picked, local_select, clip_p, noise_p, rr_p), m, 0)
-    carry = _empty_carry_on(m)(shape=(local * m.size,) + shape[1:])
+    carry = _empty_carry_on(m)(shape=(local * m.size,) + shape[1:], width=width)
   num_chunks = math.ceil(space.size / chunk)
   start = last_log = time.perf_counter()
   for i in range(num_chunks):
@@ -601,8 +663,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
                    num_settings, num_epochs, (now - start) / (i + 1) * (num_chunks - i - 1))
   # One transfer for everything the host needs (the copies overlap), and
   # only the Bayes sums when Bayes ran: on a GPU each transfer costs a sync.
-  ex_best, ex_arg, _, b_best, b_arg, _, b_lse = carry
-  bayes_out = (b_best, b_arg, b_lse) if bayes else ()
+  ex_best, ex_arg, _, b_best, b_arg, _, b_lse, b_mass = carry
+  bayes_out = (b_best, b_arg, b_lse) + _marginal_picks(b_mass, widths) if bayes else ()
   ex_best, ex_arg, bayes_out, all_ids = sharding.to_host(
       (ex_best, ex_arg, bayes_out, [v.ids for v in views]))
   ex_best, ex_arg, bayes_out = jax.tree.map(lambda a: a[:num_settings],
@@ -622,17 +684,19 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
 
   ex_digits, ex_label = unpack(ex_arg)
   if bayes:
-    b_best, b_arg, b_lse = bayes_out
+    b_best, b_arg, b_lse, m_pick, m_prob = bayes_out
     b_digits, b_label = unpack(b_arg)
     posterior = np.exp(b_best - b_lse).astype(np.float32)
+    m_digits, m_label = m_pick[..., :-1], m_pick[..., -1]
   else:
-    b_digits = np.zeros(shape + (0,), np.int32)
-    b_label = np.zeros(shape, np.int32)
+    b_digits = m_digits = np.zeros(shape + (0,), np.int32)
+    b_label = m_label = np.zeros(shape, np.int32)
     posterior = np.full(shape, np.nan, np.float32)
     b_best = np.full(shape, -np.inf, np.float32)
+    m_prob = np.zeros(shape + (0,), np.float32)
   return SettingsResult(ex_digits, ex_label, (-ex_best).astype(np.float32),
                         b_digits, b_label, posterior, b_best.astype(np.float32),
-                        released)
+                        released, m_digits, m_label, m_prob)
 
 
 def attack(model, space: CandidateSpace, mech: Mechanism, views: list[ServerView],
