@@ -117,14 +117,20 @@ def test_pure_noise_messages_give_prior_level_accuracy(run):
     assert _acc(plain.digits[:, j], ds.train.x_p_cat[:, j], mask & plain.seen) <= p0 + 3 * se
 
 
+def _noised(clip_norm, noise_stddev, epochs):
+  """A run trained and captured under clipping and message noise: (data
+  set, model, views, candidate space, the mechanism)."""
+  c = small_config(data__synthetic__num_examples=1600)
+  row = dict(ROW, clip_norm=clip_norm, noise_stddev=noise_stddev)
+  ds, model, views = _captured(c, row, epochs=epochs)
+  return (ds, model, views, knowledge.candidate_space(ds.schema, ()),
+          knowledge.Mechanism(clip_norm, noise_stddev))
+
+
 def test_bayes_accumulates_releases_over_epochs():
   # sigma = 2, C = 0.05: one release says little, three say more.
-  c = small_config(data__synthetic__num_examples=1600)
-  row = dict(ROW, clip_norm=0.05, noise_stddev=0.1)
-  ds, model, views = _captured(c, row, epochs=3)
-  space = knowledge.candidate_space(ds.schema, ())
+  ds, model, views, space, mech = _noised(0.05, 0.1, 3)
   n = ds.train.num_examples
-  mech = knowledge.Mechanism(0.05, 0.1)
   one = exact.attack(model, space, mech, views[:1], n, bayes=True)
   three = exact.attack(model, space, mech, views, n, bayes=True)
   mask = one.seen & three.seen
@@ -541,15 +547,11 @@ def test_bayes_marginals_score_each_feature_at_least_as_well_as_the_map():
   # 960 targets; with a uniform prior, which is far from the truth, the
   # first feature lost 0.021 instead). Paired over the same records, a
   # feature may lose a few (tolerance 0.5 %), and the mean gain must show.
-  c = small_config(data__synthetic__num_examples=1600)
-  row = dict(ROW, clip_norm=0.05, noise_stddev=0.05)
-  ds, model, views = _captured(c, row, epochs=2)
-  space = knowledge.candidate_space(ds.schema, ())
+  ds, model, views, space, mech = _noised(0.05, 0.05, 2)
   n = ds.train.num_examples
   _, aux, targets = evaluation.split_aux(ds.train, 0.25, 0)
-  log_prior = baselines.marginal_log_probs(aux, n, [r for r in space.radices], 2)
-  r = exact.attack(model, space, knowledge.Mechanism(0.05, 0.05), views, n, bayes=True,
-                   log_prior=log_prior)
+  log_prior = baselines.marginal_log_probs(aux, n, list(space.radices), 2)
+  r = exact.attack(model, space, mech, views, n, bayes=True, log_prior=log_prior)
   m = r.seen & targets
   truth = list(ds.train.x_p_cat.T) + [ds.train.y]
   joint = list(r.digits.T) + [r.label]
