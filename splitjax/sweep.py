@@ -446,6 +446,16 @@ def run_datasets(config, workdir: str) -> list[dict]:
     raise ConfigError("datasets: no data sets to sweep; give at least one "
                       "name -> sweep config")
   names = list(config.datasets.keys())
+  # Every data set's config and workdir are checked before anything is
+  # written or trained: a bad one found after the others had run would
+  # leave a half-done sweep behind.
+  for name, sub in config.datasets.items():
+    try:
+      configlib.check(sub)
+    except ConfigError as e:
+      raise ConfigError(f"datasets.{name}: {e}") from None
+    _check_workdir(os.path.join(workdir, name), sub,
+                   {"config_hash": configlib.config_hash(sub)})
   sharding.from_process_0(_claim_datasets, workdir, names)
   rows, failures = [], []
   for name, sub in config.datasets.items():

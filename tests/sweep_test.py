@@ -270,6 +270,15 @@ def test_sweep_over_data_sets_writes_each_and_a_summary(tmp_path):
   again = sweep.run_datasets(config, str(tmp_path))
   assert json.dumps(again, sort_keys=True) == json.dumps(rows, sort_keys=True)  # nan-safe
   assert stamp == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/batches/*.json")}
+  # A later data set's workdir holding another config is refused before the
+  # first one trains or anything is written.
+  fresh = tmp_path / "fresh"
+  (fresh / "one").mkdir(parents=True)
+  shutil.copy(tmp_path / "one" / "config.json", fresh / "one" / "config.json")
+  config.datasets.one.sweep.seeds = (1,)
+  with pytest.raises(ConfigError, match=r"fresh/one holds results of a different config"):
+    sweep.run_datasets(config, str(fresh))
+  assert sorted(os.listdir(fresh)) == ["one"] and os.listdir(fresh / "one") == ["config.json"]
   del config.datasets["one"]
   with pytest.raises(ConfigError, match="holds a sweep over data sets"):
     sweep.run_datasets(config, str(tmp_path))
