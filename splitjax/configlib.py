@@ -20,7 +20,7 @@ MODES = ("sl", "fsl")
 KNOWLEDGE = ("white_box", "stale", "none")
 ATTACKS = ("prior", "server_model", "exact", "bayes_exact", "gradmatch",
            "label_norm", "label_direction")
-BAYES_PRIORS = ("server_model", "marginal", "uniform")
+BAYES_PRIORS = ("server_model", "label_given_private", "marginal", "uniform")
 PRIVATE_ENCODINGS = ("one_hot", "embed")
 
 
@@ -102,8 +102,12 @@ def base_config() -> ml_collections.ConfigDict:
   # noiseless_scale: without message noise the likelihood is a point mass;
   # Bayes stands in a Gaussian this many times each record's RMS message
   # coordinate (splitjax/attacks/exact.py).
+  # prior: Bayes's log prior(c, y | x_s). 'label_given_private': each private
+  # feature by the server model, the label by a classifier of x_s and the
+  # candidate's x_p (both on the auxiliary sample); 'server_model': the label
+  # by x_s alone; 'marginal': aux frequencies; 'uniform': none.
   c.attack.bayes = ml_collections.ConfigDict(dict(
-      prior="server_model", noiseless_scale=1e-4))
+      prior="label_given_private", noiseless_scale=1e-4))
   # held_out_fraction: aux rows held out to early-stop the server model and
   # temperature-scale its confidences, which are the audit's priors and Bayes's
   # (splitjax/attacks/baselines.py.fit_classifier).
@@ -228,6 +232,9 @@ def check(config: ml_collections.ConfigDict) -> None:
         f"unknown {a.exact.metric!r}; known: {list(EXACT_METRICS)}")
   _need(a.bayes.prior in BAYES_PRIORS, "attack.bayes.prior",
         f"unknown {a.bayes.prior!r}; known: {list(BAYES_PRIORS)}")
+  _need(a.bayes.prior != "label_given_private" or a.server_model.hidden > 0,
+        "attack.bayes.prior", "'label_given_private' splits the classifier's hidden "
+        "layer; it needs attack.server_model.hidden > 0")
   _need(a.gradmatch.num_restarts > 0 and a.gradmatch.num_steps > 0,
         "attack.gradmatch", "num_restarts and num_steps must be positive")
   _need(a.gradmatch.learning_rate > 0, "attack.gradmatch.learning_rate",

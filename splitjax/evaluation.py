@@ -160,12 +160,16 @@ class AttackContext:
   names: tuple[str, ...]  # the attacks to run
 
   @functools.cached_property
+  def label_given_private(self) -> baselines.Classifier:
+    """x_s, x_p -> y on the auxiliary sample, fitted on first use: only runs
+    with label DP or Bayes's 'label_given_private' prior need it."""
+    return fit_label_given_private(self.aux, self.schema, self.config.attack.server_model,
+                                   self.config.attack.aux_seed)
+
+  @functools.cached_property
   def label_kappa_given_private(self) -> np.ndarray:
-    """The label-DP ceiling's prior (audit), fitted on first use: only runs
-    with label DP need it."""
-    return label_kappa_given_private(self.truth, self.aux, self.schema,
-                                     self.config.attack.server_model,
-                                     self.config.attack.aux_seed)
+    """The label-DP ceiling's prior (audit), from the records' own x_p."""
+    return label_kappa_given_private(self.truth, self.label_given_private)
 
   @property
   def num_records(self) -> int:
@@ -217,26 +221,29 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
                        space, prior_pred, sm, kappa, names)
 
 
-def label_kappa_given_private(records: Arrays, aux: knowledge.AuxSample, schema,
-                              server_model_config, seed: int) -> np.ndarray:
+def fit_label_given_private(aux: knowledge.AuxSample, schema, server_model_config,
+                            seed: int) -> baselines.Classifier:
+  """The classifier x_s, x_p -> y, fitted on the auxiliary sample like the
+  server model: the label-DP ceiling's prior and Bayesian EXACT's
+  'label_given_private' label prior."""
+  c = server_model_config
+  return baselines.label_given_private(
+      aux, [f.vocab_size for f in schema.server_categorical],
+      [f.vocab_size for f in schema.private_categorical], schema.num_classes,
+      hidden=c.hidden, num_steps=c.num_steps, learning_rate=c.learning_rate,
+      held_out_fraction=c.held_out_fraction, seed=seed)
+
+
+def label_kappa_given_private(records: Arrays, clf: baselines.Classifier) -> np.ndarray:
   """kappa_i of the label given x_s and x_p, for every record [N]: the
-  randomized-response ceiling's prior (splitjax/audit.py), from a classifier
-  like the server model's fitted on the auxiliary sample with x_p as inputs too.
+  randomized-response ceiling's prior (splitjax/audit.py), from
+  `fit_label_given_private`'s classifier.
 
   It reads the records' own x_p: it is the audit's prior, fixed by the
   evaluator, and never reaches an attack.
   """
-  c = server_model_config
-  vocab = ([f.vocab_size for f in schema.server_categorical]
-           + [f.vocab_size for f in schema.private_categorical])
-  both = lambda r: (jnp.concatenate([jnp.asarray(r.x_s_cat), jnp.asarray(r.x_p_cat)], 1),
-                    jnp.concatenate([jnp.asarray(r.x_s_num), jnp.asarray(r.x_p_num)], 1))
-  no_features = (jnp.zeros((aux.y.shape[0], 0), jnp.int32),
-                 jnp.zeros((aux.y.shape[0], 0), jnp.float32), aux.y)
-  _, _, label = baselines.fit_classifier(
-      both(aux), vocab, no_features, (), schema.num_classes, both(records),
-      hidden=c.hidden, num_steps=c.num_steps, learning_rate=c.learning_rate,
-      held_out_fraction=c.held_out_fraction, seed=seed)
+  label = baselines.predict_label_given_private(
+      clf, (records.x_s_cat, records.x_s_num), (records.x_p_cat, records.x_p_num))
   return np.exp(np.asarray(label).max(-1))
 
 
@@ -262,7 +269,7 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
     Per setting: {"epochs": {epoch: {attack: scores, "ceilings": ...}},
     "violations": [...]}.
   """
-  names, schema, n = ctx.names, ctx.schema, ctx.num_records
+  names, n = ctx.names, ctx.num_records
   num_settings, last = len(mechs), max(epochs)
   ex = ctx.config.attack.exact
   ex_res, ex_seconds = None, 0.0
@@ -275,13 +282,7 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
     if ex.max_steps:
       used = [jax.tree.map(lambda a: a[:, :ex.max_steps], v) for v in used]
     bayes = "bayes_exact" in names
-    log_prior = None
-    if bayes:
-      vocab = [f.vocab_size for f in schema.private_categorical]
-      log_prior = {"server_model": ctx.server_model.log_probs,
-                   "marginal": baselines.marginal_log_probs(ctx.aux, n, vocab,
-                                                            schema.num_classes),
-                   "uniform": None}[ctx.config.attack.bayes.prior]
+    log_prior = _bayes_prior(ctx) if bayes else None
     ex_res = _ByEpoch(ex_epochs, exact.attack_settings(
         ctx.model, ctx.space, used, n, select=select,
         clip_norm=[m["clip_norm"] for m in mechs],
@@ -315,6 +316,24 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
       per_epoch[str(epoch)] = per
     out.append({"epochs": per_epoch, "violations": violations})
   return out
+
+
+def _bayes_prior(ctx: AttackContext):
+  """Bayesian EXACT's log prior as `exact.attack_settings` takes it (None:
+  uniform), by attack.bayes.prior."""
+  schema, kind = ctx.schema, ctx.config.attack.bayes.prior
+  if kind == "server_model":
+    return ctx.server_model.log_probs
+  if kind == "label_given_private":
+    # Each private feature by the server model, the label given x_s and the
+    # candidate's x_p: the prior then carries how the label depends on x_p.
+    return (ctx.server_model.log_probs[0],
+            baselines.label_prior(ctx.label_given_private, ctx.server))
+  if kind == "marginal":
+    return baselines.marginal_log_probs(
+        ctx.aux, ctx.num_records, [f.vocab_size for f in schema.private_categorical],
+        schema.num_classes)
+  return None
 
 
 class _ByEpoch(NamedTuple):

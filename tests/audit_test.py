@@ -63,7 +63,8 @@ def test_label_dp_ceiling_takes_the_prior_given_the_private_features():
   schema = types.SimpleNamespace(server_categorical=[feature(3)],
                                  private_categorical=[feature(2)], num_classes=2)
   c = small_config().attack.server_model
-  given_private = evaluation.label_kappa_given_private(records, aux, schema, c, 0)
+  given_private = evaluation.label_kappa_given_private(
+      records, evaluation.fit_label_given_private(aux, schema, c, 0))
   assert given_private.shape == (n,)
   assert given_private.min() > 0.9
   given_server = np.full(n, 0.5)  # x_s is independent of y

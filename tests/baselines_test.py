@@ -4,10 +4,12 @@ Its confidences are the audit's priors kappa_i, so they are tested for
 calibration: mean top probability against accuracy on fresh rows.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from splitjax.attacks import baselines
+from splitjax.attacks import baselines, knowledge
 
 
 def test_temperature_recovers_a_known_one():
@@ -72,3 +74,48 @@ def test_score_reports_each_predictions_confidence_and_calibration():
   assert label["accuracy"] == 1.0 and label["ece"] == pytest.approx(0.4)
   assert "mean_confidence" not in evaluation.score(
       schema, truth, None, mask, np.array([[0], [1], [0], [2]]), None, None)["features"]["a"]
+
+
+def _mixed_task(rng, n):
+  """Two server categoricals, one server numeric, two private categoricals
+  and one private numeric; y depends on all of them."""
+  x_s = (rng.integers(0, 4, (n, 2)).astype(np.int32), rng.normal(size=(n, 1)).astype(np.float32))
+  x_p = (rng.integers(0, 3, (n, 2)).astype(np.int32), rng.normal(size=(n, 1)).astype(np.float32))
+  logit = x_s[1][:, 0] + (x_p[0][:, 0] == 1) - x_p[1][:, 0] + 0.5 * (x_s[0][:, 1] == 2)
+  y = (rng.random(n) < 1 / (1 + np.exp(-2 * logit))).astype(np.int32)
+  return x_s, x_p, y
+
+
+def test_label_prior_is_the_label_given_private_classifier_split_in_two():
+  # Evaluated at each record's own private input (one-hots, then numerics, as
+  # CandidateSpace.encode writes them), the split classifier must give what
+  # the whole one predicts; records in blocks that do not divide N.
+  rng = np.random.default_rng(2)
+  x_s, x_p, y = _mixed_task(rng, 600)
+  aux = knowledge.AuxSample(jnp.arange(400), x_s[0][:400], x_s[1][:400], x_p[0][:400],
+                            x_p[1][:400], y[:400])
+  clf = baselines.label_given_private(aux, (4, 4), (3, 3), 2, hidden=16, num_steps=200,
+                                      learning_rate=1e-2, held_out_fraction=0.2, seed=0)
+  assert clf.temperatures[-1] != 1.0  # the temperature is part of what is split
+  whole = np.asarray(baselines.predict_label_given_private(clf, x_s, x_p))
+  prior = baselines.label_prior(clf, knowledge.ServerData(*x_s))
+  private = jnp.concatenate([jax.nn.one_hot(x_p[0][:, 0], 3), jax.nn.one_hot(x_p[0][:, 1], 3),
+                             x_p[1]], -1)
+  split = np.asarray(prior.log_probs(private[:40], batch=7))   # [600, 40, 2]
+  np.testing.assert_allclose(split[np.arange(40), np.arange(40)], whole[:40], atol=1e-5)
+  assert np.abs(split[:40] - whole[:40, None]).max() > 0.1  # candidates do matter
+  # The whole classifier learnt that y depends on x_p: on the 200 fresh rows
+  # it beats the same classifier fed the wrong private values.
+  wrong = (x_p[0][400:][::-1], x_p[1][400:][::-1])
+  acc = lambda lp: np.mean(np.asarray(lp).argmax(-1) == y[400:])
+  assert acc(whole[400:]) > acc(baselines.predict_label_given_private(
+      clf, (x_s[0][400:], x_s[1][400:]), wrong)) + 0.05
+
+
+def test_label_prior_needs_a_hidden_layer():
+  x_s, x_p, y = _mixed_task(np.random.default_rng(3), 200)
+  aux = knowledge.AuxSample(jnp.arange(200), *x_s, *x_p, y)
+  clf = baselines.label_given_private(aux, (4, 4), (3, 3), 2, hidden=0, num_steps=10,
+                                      learning_rate=1e-2, held_out_fraction=0.0, seed=0)
+  with pytest.raises(ValueError, match="needs a hidden layer"):
+    baselines.label_prior(clf, knowledge.ServerData(*x_s))

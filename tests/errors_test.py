@@ -135,6 +135,11 @@ CASES = {
     "noiseless_scale_not_positive": (
         lambda t: small_config(attack__bayes__noiseless_scale=0.0),
         ConfigError, r"attack.bayes.noiseless_scale: must be positive, got 0.0"),
+    "label_given_private_without_hidden": (
+        lambda t: small_config(attack__bayes__prior="label_given_private",
+                               attack__server_model__hidden=0),
+        ConfigError, r"attack.bayes.prior: 'label_given_private' splits the classifier's "
+                     r"hidden layer; it needs attack.server_model.hidden > 0"),
     "gradmatch_negative_beta": (
         lambda t: small_config(attack__gradmatch__beta_start=-1.0),
         ConfigError, r"attack.gradmatch: beta_start must be >= 0 \(0 = no smoothing\)"),

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from splitjax.attacks.knowledge import AuxSample, ServerData
+from splitjax.attacks.knowledge import AuxSample, LabelPrior, ServerData
 
 
 class Prediction(NamedTuple):
@@ -85,11 +85,19 @@ def temperature(logits: np.ndarray, targets: np.ndarray) -> float:
   return float(grid[np.argmin([nll(t) for t in grid])])
 
 
-def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int,
-                   predict_inputs, *, hidden: int, num_steps: int, learning_rate: float,
-                   held_out_fraction: float, seed: int):
-  """Fits the MLP of `_Heads` (full batch, Adam) and predicts new rows; with
-  held-out rows, early-stopped and temperature-scaled on them.
+class Classifier(NamedTuple):
+  """A fitted `_Heads` MLP: the module, its params, and a temperature per
+  softmax head (the categoricals', then the label's)."""
+  net: _Heads
+  params: dict
+  temperatures: tuple[float, ...]
+
+
+def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
+        hidden: int, num_steps: int, learning_rate: float,
+        held_out_fraction: float, seed: int) -> Classifier:
+  """Fits the MLP of `_Heads` (full batch, Adam); with held-out rows,
+  early-stopped and temperature-scaled on them.
 
   Full-batch Adam overfits a few thousand rows: on Adult's auxiliary sample,
   500 steps left the label's mean top probability at 0.88 against 0.80
@@ -106,14 +114,9 @@ def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: 
     input_vocab_sizes: vocabulary of each input categorical.
     targets: (x_cat int [A, len(vocab_sizes)], x_num [A, M], y [A]).
     vocab_sizes, num_labels: the categorical targets' and the label's classes.
-    predict_inputs: (x_cat, x_num) of the rows to predict.
     held_out_fraction: rows held out for early stopping and the temperatures
       (0 = none: all num_steps, T = 1).
     seed: the MLP's init and the held-out rows.
-
-  Returns:
-    ([N, V_j] log-probabilities per categorical target, [N, M] numerics,
-    [N, num_labels] label log-probabilities) for the predicted rows.
   """
   rows = np.asarray(targets[2]).shape[0]
   order = np.random.default_rng(seed).permutation(rows)
@@ -138,7 +141,7 @@ def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: 
     return loss
 
   @jax.jit
-  def fit(params):
+  def train(params):
     # With held-out rows, the params of the step with the lowest held-out loss
     # are kept (early stopping): full-batch Adam overfits a few thousand rows
     # long before num_steps.
@@ -157,16 +160,80 @@ def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: 
     (_, _, best, _), _ = jax.lax.scan(step, start, None, length=num_steps)
     return best
 
-  params = fit(params)
-  cats, num, label = net.apply(params, *predict_inputs)
-  temps = [1.0] * (len(cats) + 1)
+  params = train(params)
+  temps = (1.0,) * (len(vocab_sizes) + 1)
   if num_held:
     h_cat, _, h_y = (np.asarray(a) for a in t_held)
     h_cats, _, h_label = net.apply(params, *x_held)
-    temps = ([temperature(np.asarray(c), h_cat[:, j]) for j, c in enumerate(h_cats)]
-             + [temperature(np.asarray(h_label), h_y)])
-  return ([jax.nn.log_softmax(c / t) for c, t in zip(cats, temps)], num,
-          jax.nn.log_softmax(label / temps[-1]))
+    temps = tuple([temperature(np.asarray(c), h_cat[:, j]) for j, c in enumerate(h_cats)]
+                  + [temperature(np.asarray(h_label), h_y)])
+  return Classifier(net, params, temps)
+
+
+def predict(clf: Classifier, inputs):
+  """([N, V_j] log-probabilities per categorical target, [N, M] numerics,
+  [N, K] label log-probabilities) of the rows inputs = (x_cat, x_num)."""
+  cats, num, label = clf.net.apply(clf.params, *inputs)
+  return ([jax.nn.log_softmax(c / t) for c, t in zip(cats, clf.temperatures)], num,
+          jax.nn.log_softmax(label / clf.temperatures[-1]))
+
+
+def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int,
+                   predict_inputs, **kwargs):
+  """`fit`, then `predict` on predict_inputs (keyword arguments as `fit`'s)."""
+  return predict(fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels,
+                     **kwargs), predict_inputs)
+
+
+def _with_private(x_s, x_p):
+  """The label-given-private classifier's input: categoricals x_s then x_p,
+  numerics x_s then x_p (x_s, x_p: (x_cat, x_num) pairs)."""
+  return (jnp.concatenate([jnp.asarray(x_s[0]), jnp.asarray(x_p[0])], 1),
+          jnp.concatenate([jnp.asarray(x_s[1]), jnp.asarray(x_p[1])], 1))
+
+
+def label_given_private(aux: AuxSample, server_vocab_sizes, private_vocab_sizes,
+                        num_labels: int, **kwargs) -> Classifier:
+  """Fits x_s, x_p -> y on the auxiliary sample (keyword arguments as
+  `fit`'s; its first layer must be hidden, for `label_prior`)."""
+  no_features = (jnp.zeros((aux.y.shape[0], 0), jnp.int32),
+                 jnp.zeros((aux.y.shape[0], 0), jnp.float32), aux.y)
+  return fit(_with_private((aux.x_s_cat, aux.x_s_num), (aux.x_p_cat, aux.x_p_num)),
+             list(server_vocab_sizes) + list(private_vocab_sizes), no_features, (),
+             num_labels, **kwargs)
+
+
+def predict_label_given_private(clf: Classifier, x_s, x_p) -> jax.Array:
+  """[N, K] log p(y | x_s, x_p) of rows with their own x_s and x_p."""
+  return predict(clf, _with_private(x_s, x_p))[2]
+
+
+def label_prior(clf: Classifier, server: ServerData) -> LabelPrior:
+  """`label_given_private`'s classifier as Bayesian EXACT's label prior: its
+  first layer split into every record's x_s part and the rows that a
+  candidate's private input (`CandidateSpace.encode`: one-hots, then
+  normalised numerics) multiplies.
+
+  Raises:
+    ValueError: the classifier has no hidden layer.
+  """
+  net = clf.net
+  if not net.hidden:
+    raise ValueError("label_prior: the label-given-private classifier needs a hidden "
+                     "layer (attack.server_model.hidden > 0)")
+  num_s = server.x_s_cat.shape[1]
+  s_vocab, p_vocab = net.input_vocab_sizes[:num_s], net.input_vocab_sizes[num_s:]
+  num_s_num = server.x_s_num.shape[1]
+  first = clf.params["params"]["Dense_0"]
+  rows = np.cumsum([0, sum(s_vocab), sum(p_vocab), num_s_num])
+  w = first["kernel"]
+  w_s = jnp.concatenate([w[:rows[1]], w[rows[2]:rows[3]]])
+  w_p = jnp.concatenate([w[rows[1]:rows[2]], w[rows[3]:]])
+  x_s = jnp.concatenate([jax.nn.one_hot(server.x_s_cat[:, j], v)
+                         for j, v in enumerate(s_vocab)] + [server.x_s_num], -1)
+  out = clf.params["params"]["label"]
+  return LabelPrior(x_s @ w_s + first["bias"], w_p, out["kernel"], out["bias"],
+                    jnp.float32(clf.temperatures[-1]))
 
 
 def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_sizes,

@@ -4,6 +4,8 @@
 - `AuxSample`: complete records (x_s, x_p, y) of a disjoint auxiliary sample
   (default 10 % of the training split). They are excluded from the targets.
 - `Mechanism`: the public parameters of the message defence.
+- `LabelPrior`: log p(y | x_s, x_p) of any candidate x_p, from a classifier
+  fitted on the auxiliary sample (`baselines.label_prior`).
 - `CandidateSpace`: every combination of private values an exhaustive attack
   enumerates (categoricals by vocabulary, numerics on a declared grid).
 
@@ -48,6 +50,33 @@ class Mechanism(NamedTuple):
   clip_norm: float
   noise_stddev: float
   label_epsilon: float = math.inf
+
+
+class LabelPrior(NamedTuple):
+  """log p(y | x_s, x_p) for every record and any candidate x_p: a one-hidden-
+  layer classifier fitted on the auxiliary sample, its first layer split
+  into the part of each record's own x_s (computed once) and the part of
+  the candidate's private input, as `CandidateSpace.encode` writes it.
+
+  Built from the server's x_s alone: it holds no target's x_p or y.
+  """
+  record_pre: jax.Array      # [N, H] x_s's share of the first layer, with its bias
+  private_kernel: jax.Array  # [P, H] the private input's rows of the first layer
+  kernel: jax.Array          # [H, K] the label layer
+  bias: jax.Array            # [K]
+  temperature: jax.Array     # [] the label's temperature (baselines.temperature)
+
+  def log_probs(self, private: jax.Array, batch: int = 1024) -> jax.Array:
+    """[N, C, K] log p(y | x_s, x_p = private[c]) for private [C, P], in
+    blocks of `batch` records (all of them at once would hold an [N, C, H]
+    intermediate: ~700 MB for Adult's records and one EXACT chunk)."""
+    cand = private @ self.private_kernel                            # [C, H]
+
+    def one(rec):                                                   # [H] -> [C, K]
+      logits = jnp.maximum(rec + cand, 0.0) @ self.kernel + self.bias
+      return jax.nn.log_softmax(logits / self.temperature, -1)
+
+    return jax.lax.map(one, self.record_pre, batch_size=batch)
 
 
 @dataclasses.dataclass(frozen=True)
