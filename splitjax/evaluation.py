@@ -81,11 +81,11 @@ def score(schema, truth, noisy_labels, mask, pred_cat, pred_num, pred_label,
   where the per-feature predictions are each feature's own best guess.
   """
   out = {"num_records": int(mask.sum()), "features": {}}
+  joint_cat, joint_label = (pred_cat, pred_label) if joint is None else joint
   correct_all = np.ones(mask.sum(), bool)
-  if joint is not None:
-    joint_cat, joint_label = joint
-    for j in range(0 if joint_cat is None else joint_cat.shape[1]):
-      correct_all &= (joint_cat[:, j] == truth.x_p_cat[:, j])[mask]
+  for j in range(0 if joint_cat is None else joint_cat.shape[1]):
+    correct_all &= (joint_cat[:, j] == truth.x_p_cat[:, j])[mask]
+  if joint_label is not None:
     correct_all &= (joint_label == truth.y)[mask]
   for j, f in enumerate(schema.private_categorical):
     if pred_cat is None:
@@ -94,8 +94,6 @@ def score(schema, truth, noisy_labels, mask, pred_cat, pred_num, pred_label,
     acc = _acc(p, t, mask)
     out["features"][f.name] = {"accuracy": acc,
                                "confusion": confusion(p, t, mask, f.vocab_size)}
-    if joint is None:
-      correct_all &= (p == t)[mask]
   for k, f in enumerate(schema.private_numeric):
     if pred_num is None:
       break
@@ -107,8 +105,6 @@ def score(schema, truth, noisy_labels, mask, pred_cat, pred_num, pred_label,
                     "confusion": confusion(pred_label, truth.y, mask, schema.num_classes)}
     if noisy_labels is not None:
       out["label"]["noisy_label_accuracy"] = _acc(pred_label, noisy_labels, mask)
-    if joint is None:
-      correct_all &= (pred_label == truth.y)[mask]
     if pred_cat is not None:
       out["all_correct"] = float(correct_all.mean())
   if prior_scores is not None:
@@ -385,19 +381,19 @@ def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy) -> dict:
   if "exact" in names:
     r = ex_res.exact(s, epoch)
     per["exact"] = score(schema, truth, noisy, mask & r.seen,
-                         *_split(ctx.space, r.digits, schema), r.label, prior_scores)
+                         *_split(ctx.space, r.digits), r.label, prior_scores)
   if "bayes_exact" in names:
     # Each feature and the label scored by its own marginal MAP; the
     # all-correct rate and the posterior's calibration by the MAP candidate.
     r = ex_res.bayes(s, epoch)
-    cat, num = _split(ctx.space, r.marginal_digits, schema)
+    cat, num = _split(ctx.space, r.marginal_digits)
     names_p = [f.name for f in schema.private_categorical] + ["label"]
     cols = list(range(ctx.space.num_categorical)) + [-1]
     per["bayes_exact"] = score(
         schema, truth, noisy, mask & r.seen, cat, num, r.marginal_label, prior_scores,
         posterior=r.posterior,
         confidence={n_: r.marginal_posterior[:, c] for n_, c in zip(names_p, cols)},
-        joint=(_split(ctx.space, r.digits, schema)[0], r.label))
+        joint=(_split(ctx.space, r.digits)[0], r.label))
     per["bayes_exact"]["releases_per_record"] = epoch
   if "gradmatch" in names and heavy:
     g = ctx.config.attack.gradmatch
@@ -482,7 +478,7 @@ def run(config, workdir: str) -> dict:
   return results
 
 
-def _split(space, digits, schema):
+def _split(space, digits):
   """EXACT's digits -> (categorical codes, normalised numeric values)."""
   cat = digits[:, :space.num_categorical]
   num = np.stack([np.asarray(space.grids[k], np.float32)[digits[:, space.num_categorical + k]]

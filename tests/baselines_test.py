@@ -76,6 +76,31 @@ def test_score_reports_each_predictions_confidence_and_calibration():
       schema, truth, None, mask, np.array([[0], [1], [0], [2]]), None, None)["features"]["a"]
 
 
+
+def test_all_correct_and_calibration_follow_the_joint_guess_when_given():
+  # Bayes reports each feature by its own marginal MAP and the all-correct
+  # rate and posterior calibration by its MAP candidate (`joint`); without a
+  # joint guess all three follow the per-feature predictions.
+  from types import SimpleNamespace as NS
+  from splitjax import evaluation
+  schema = NS(private_categorical=[NS(name="a", vocab_size=3), NS(name="b", vocab_size=2)],
+              private_numeric=[], num_classes=2)
+  truth = NS(x_p_cat=np.array([[0, 1], [1, 0], [2, 1], [0, 0]]), x_p_num=np.zeros((4, 0)),
+             y=np.array([0, 1, 1, 0]))
+  mask = np.ones(4, bool)
+  per_feature = np.array([[0, 1], [1, 0], [2, 0], [0, 0]])   # b wrong on row 2
+  label = np.array([0, 1, 1, 1])                            # wrong on row 3
+  joint = (np.array([[0, 1], [1, 1], [2, 1], [0, 0]]), np.array([0, 1, 1, 0]))  # row 1
+  posterior = np.full(4, 0.75)
+  alone = evaluation.score(schema, truth, None, mask, per_feature, None, label,
+                           posterior=posterior)
+  assert alone["all_correct"] == 0.5
+  assert alone["calibration"]["ece"] == pytest.approx(0.25)
+  both = evaluation.score(schema, truth, None, mask, per_feature, None, label,
+                          posterior=posterior, joint=joint)
+  assert both["all_correct"] == 0.75 and both["calibration"]["ece"] == pytest.approx(0.0)
+  assert both["features"]["b"]["accuracy"] == 0.75 and both["label"]["accuracy"] == 0.75
+
 def _mixed_task(rng, n):
   """Two server categoricals, one server numeric, two private categoricals
   and one private numeric; y depends on all of them."""
