@@ -20,7 +20,7 @@ MODES = ("sl", "fsl")
 KNOWLEDGE = ("white_box", "stale", "none")
 ATTACKS = ("prior", "server_model", "exact", "bayes_exact", "gradmatch",
            "label_norm", "label_direction")
-BAYES_PRIORS = ("server_model", "label_given_private", "marginal", "uniform")
+BAYES_PRIORS = ("chain", "label_given_private", "server_model", "marginal", "uniform")
 PRIVATE_ENCODINGS = ("one_hot", "embed")
 
 
@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
       num_examples=20_000, num_server_categorical=2, server_vocab_size=5,
       num_server_numeric=4, num_private_categorical=2, private_vocab_size=3,
       num_private_numeric=0, num_classes=2, dependence=1.0,
-      private_signal=1.0, test_fraction=0.2, seed=0))
+      private_signal=1.0, private_chain=0.0, test_fraction=0.2, seed=0))
   c.data.csv = ml_collections.ConfigDict(dict(
       path="", delimiter=",", categorical=(), numeric=(), label="",
       ignore=(), test_fraction=0.2, split_seed=0))
@@ -102,12 +102,14 @@ def base_config() -> ml_collections.ConfigDict:
   # noiseless_scale: without message noise the likelihood is a point mass;
   # Bayes stands in a Gaussian this many times each record's RMS message
   # coordinate (splitjax/attacks/exact.py).
-  # prior: Bayes's log prior(c, y | x_s). 'label_given_private': each private
-  # feature by the server model, the label by a classifier of x_s and the
-  # candidate's x_p (both on the auxiliary sample); 'server_model': the label
-  # by x_s alone; 'marginal': aux frequencies; 'uniform': none.
+  # prior: Bayes's log prior(c, y | x_s), fitted on the auxiliary sample.
+  # 'chain': each private categorical given x_s and the ones before it, the
+  # label given x_s and the candidate's x_p; 'label_given_private': the same
+  # label, the private features each from x_s alone (the server model);
+  # 'server_model': all from x_s alone; 'marginal': aux frequencies;
+  # 'uniform': none.
   c.attack.bayes = ml_collections.ConfigDict(dict(
-      prior="label_given_private", noiseless_scale=1e-4))
+      prior="chain", noiseless_scale=1e-4))
   # held_out_fraction: aux rows held out to early-stop the server model and
   # temperature-scale its confidences, which are the audit's priors and Bayes's
   # (splitjax/attacks/baselines.py.fit_classifier).
@@ -232,8 +234,8 @@ def check(config: ml_collections.ConfigDict) -> None:
         f"unknown {a.exact.metric!r}; known: {list(EXACT_METRICS)}")
   _need(a.bayes.prior in BAYES_PRIORS, "attack.bayes.prior",
         f"unknown {a.bayes.prior!r}; known: {list(BAYES_PRIORS)}")
-  _need(a.bayes.prior != "label_given_private" or a.server_model.hidden > 0,
-        "attack.bayes.prior", "'label_given_private' splits the classifier's hidden "
+  _need(a.bayes.prior not in ("chain", "label_given_private") or a.server_model.hidden > 0,
+        "attack.bayes.prior", f"{a.bayes.prior!r} splits its classifiers' hidden "
         "layer; it needs attack.server_model.hidden > 0")
   _need(a.gradmatch.num_restarts > 0 and a.gradmatch.num_steps > 0,
         "attack.gradmatch", "num_restarts and num_steps must be positive")

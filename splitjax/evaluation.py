@@ -163,6 +163,17 @@ class AttackContext:
                                    self.config.attack.aux_seed)
 
   @functools.cached_property
+  def private_chain(self) -> tuple[baselines.Classifier, ...]:
+    """x_s, x_p[:j] -> x_p[j] for each private categorical, on the auxiliary
+    sample, fitted on first use (Bayes's 'chain' prior)."""
+    c = self.config.attack.server_model
+    return baselines.private_chain(
+        self.aux, [f.vocab_size for f in self.schema.server_categorical],
+        [f.vocab_size for f in self.schema.private_categorical], hidden=c.hidden,
+        num_steps=c.num_steps, learning_rate=c.learning_rate,
+        held_out_fraction=c.held_out_fraction, seed=self.config.attack.aux_seed)
+
+  @functools.cached_property
   def label_kappa_given_private(self) -> np.ndarray:
     """The label-DP ceiling's prior (audit), from the records' own x_p."""
     return label_kappa_given_private(self.truth, self.label_given_private)
@@ -320,11 +331,17 @@ def _bayes_prior(ctx: AttackContext):
   schema, kind = ctx.schema, ctx.config.attack.bayes.prior
   if kind == "server_model":
     return ctx.server_model.log_probs
-  if kind == "label_given_private":
-    # Each private feature by the server model, the label given x_s and the
-    # candidate's x_p: the prior then carries how the label depends on x_p.
-    return (ctx.server_model.log_probs[0],
-            baselines.label_prior(ctx.label_given_private, ctx.server))
+  if kind in ("label_given_private", "chain"):
+    # The label given x_s and the candidate's x_p: the prior then carries how
+    # the label depends on x_p. 'chain' does the same for each private
+    # categorical given the ones before it, where 'label_given_private' takes
+    # them from x_s alone (the server model), independently.
+    width = ctx.space.width
+    label = baselines.conditional_prior(ctx.label_given_private, ctx.server, width)
+    if kind == "label_given_private":
+      return ctx.server_model.log_probs[0], label
+    return (tuple(baselines.conditional_prior(clf, ctx.server, width)
+                  for clf in ctx.private_chain), label)
   if kind == "marginal":
     return baselines.marginal_log_probs(
         ctx.aux, ctx.num_records, [f.vocab_size for f in schema.private_categorical],

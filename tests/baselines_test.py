@@ -123,7 +123,7 @@ def test_label_prior_is_the_label_given_private_classifier_split_in_two():
                                       learning_rate=1e-2, held_out_fraction=0.2, seed=0)
   assert clf.temperatures[-1] != 1.0  # the temperature is part of what is split
   whole = np.asarray(baselines.predict_label_given_private(clf, x_s, x_p))
-  prior = baselines.label_prior(clf, knowledge.ServerData(*x_s))
+  prior = baselines.conditional_prior(clf, knowledge.ServerData(*x_s), 7)
   private = jnp.concatenate([jax.nn.one_hot(x_p[0][:, 0], 3), jax.nn.one_hot(x_p[0][:, 1], 3),
                              x_p[1]], -1)
   split = np.asarray(prior.log_probs(private[:40], batch=7))   # [600, 40, 2]
@@ -137,10 +137,45 @@ def test_label_prior_is_the_label_given_private_classifier_split_in_two():
       clf, (x_s[0][400:], x_s[1][400:]), wrong)) + 0.05
 
 
-def test_label_prior_needs_a_hidden_layer():
+def test_chain_links_are_each_feature_given_the_ones_before_split_in_two():
+  # x_p[1] copies x_p[0] 80 % of the time, so link 1 must learn it from x_p[0]
+  # (which x_s cannot tell). Split at the candidates' full private input
+  # (7 columns), link j must read x_p[:j] alone: its zero rows make x_p[j:]
+  # and the numeric irrelevant, and at each record's own prefix it gives
+  # what the whole classifier predicts.
+  rng = np.random.default_rng(4)
+  x_s, x_p, y = _mixed_task(rng, 600)
+  copy = rng.random(600) < 0.8
+  x_p[0][:, 1] = np.where(copy, x_p[0][:, 0], x_p[0][:, 1])
+  aux = knowledge.AuxSample(jnp.arange(400), x_s[0][:400], x_s[1][:400], x_p[0][:400],
+                            x_p[1][:400], y[:400])
+  links = baselines.private_chain(aux, (4, 4), (3, 3), hidden=16, num_steps=200,
+                                  learning_rate=1e-2, held_out_fraction=0.2, seed=0)
+  assert len(links) == 2
+  server = knowledge.ServerData(*x_s)
+  one_hot = lambda d: jax.nn.one_hot(d, 3)
+  own = jnp.concatenate([one_hot(x_p[0][:, 0]), one_hot(x_p[0][:, 1]), x_p[1]], -1)
+  shuffled = jnp.concatenate([one_hot(x_p[0][:, 0]), one_hot(x_p[0][::-1, 1]),
+                              x_p[1][::-1]], -1)
+  for j, clf in enumerate(links):
+    prior = baselines.conditional_prior(clf, server, 7)
+    split = np.asarray(prior.log_probs(own[:30], batch=7))[np.arange(30), np.arange(30)]
+    whole = baselines.predict(clf, (jnp.concatenate([x_s[0], x_p[0][:, :j]], 1), x_s[1]))[2]
+    np.testing.assert_allclose(split, np.asarray(whole)[:30], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(prior.log_probs(shuffled[:30], batch=7)),
+                               np.asarray(prior.log_probs(own[:30], batch=7)), atol=1e-6)
+  # Link 1 learnt the copy: on the 200 fresh rows it beats x_s alone (link 0's
+  # accuracy at predicting x_p[0] is chance-like, ~1/3).
+  whole = baselines.predict(links[1], (jnp.concatenate([x_s[0], x_p[0][:, :1]], 1), x_s[1]))[2]
+  assert np.mean(np.asarray(whole[400:]).argmax(-1) == x_p[0][400:, 1]) > 0.7
+  with pytest.raises(ValueError, match="reads 3 private inputs, the candidates have 2"):
+    baselines.conditional_prior(links[1], server, 2)
+
+
+def test_conditional_prior_needs_a_hidden_layer():
   x_s, x_p, y = _mixed_task(np.random.default_rng(3), 200)
   aux = knowledge.AuxSample(jnp.arange(200), *x_s, *x_p, y)
   clf = baselines.label_given_private(aux, (4, 4), (3, 3), 2, hidden=0, num_steps=10,
                                       learning_rate=1e-2, held_out_fraction=0.0, seed=0)
   with pytest.raises(ValueError, match="needs a hidden layer"):
-    baselines.label_prior(clf, knowledge.ServerData(*x_s))
+    baselines.conditional_prior(clf, knowledge.ServerData(*x_s), 7)

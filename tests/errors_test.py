@@ -138,7 +138,11 @@ CASES = {
     "label_given_private_without_hidden": (
         lambda t: small_config(attack__bayes__prior="label_given_private",
                                attack__server_model__hidden=0),
-        ConfigError, r"attack.bayes.prior: 'label_given_private' splits the classifier's "
+        ConfigError, r"attack.bayes.prior: 'label_given_private' splits its classifiers' "
+                     r"hidden layer; it needs attack.server_model.hidden > 0"),
+    "chain_without_hidden": (
+        lambda t: small_config(attack__server_model__hidden=0),
+        ConfigError, r"attack.bayes.prior: 'chain' splits its classifiers' "
                      r"hidden layer; it needs attack.server_model.hidden > 0"),
     "gradmatch_negative_beta": (
         lambda t: small_config(attack__gradmatch__beta_start=-1.0),

@@ -5,6 +5,10 @@
 - `server_model`: a small MLP trained on the auxiliary sample to predict each
   private feature and the label from x_s. Its log-probabilities also serve as
   Bayesian EXACT's prior.
+- Bayesian EXACT's conditional priors: MLPs of x_s and (some of) x_p, split
+  by `conditional_prior` so that any candidate's x_p can be scored: the label
+  given x_s and x_p (`label_given_private`), and each private categorical
+  given x_s and the categoricals before it (`private_chain`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from splitjax.attacks.knowledge import AuxSample, LabelPrior, ServerData
+from splitjax.attacks.knowledge import AuxSample, ConditionalPrior, ServerData
 
 
 class Prediction(NamedTuple):
@@ -195,7 +199,7 @@ def _with_private(x_s, x_p):
 def label_given_private(aux: AuxSample, server_vocab_sizes, private_vocab_sizes,
                         num_labels: int, **kwargs) -> Classifier:
   """Fits x_s, x_p -> y on the auxiliary sample (keyword arguments as
-  `fit`'s; its first layer must be hidden, for `label_prior`)."""
+  `fit`'s; its first layer must be hidden, for `conditional_prior`)."""
   no_features = (jnp.zeros((aux.y.shape[0], 0), jnp.int32),
                  jnp.zeros((aux.y.shape[0], 0), jnp.float32), aux.y)
   return fit(_with_private((aux.x_s_cat, aux.x_s_num), (aux.x_p_cat, aux.x_p_num)),
@@ -203,24 +207,44 @@ def label_given_private(aux: AuxSample, server_vocab_sizes, private_vocab_sizes,
              num_labels, **kwargs)
 
 
+def private_chain(aux: AuxSample, server_vocab_sizes, private_vocab_sizes,
+                  **kwargs) -> tuple[Classifier, ...]:
+  """Fits x_s, x_p[:j] -> x_p[j] for each private categorical j on the
+  auxiliary sample: p(x_p | x_s) = prod_j p(x_p[j] | x_s, x_p[:j]), the
+  chain rule, where the server model's prior takes each x_p[j] from x_s
+  alone (keyword arguments as `fit`'s; the 'chain' prior)."""
+  rows = aux.y.shape[0]
+  out = []
+  for j, vocab in enumerate(private_vocab_sizes):
+    target = (jnp.zeros((rows, 0), jnp.int32), jnp.zeros((rows, 0), jnp.float32),
+              aux.x_p_cat[:, j])
+    given = (aux.x_p_cat[:, :j], jnp.zeros((rows, 0), jnp.float32))
+    out.append(fit(_with_private((aux.x_s_cat, aux.x_s_num), given),
+                   list(server_vocab_sizes) + list(private_vocab_sizes[:j]), target, (),
+                   vocab, **kwargs))
+  return tuple(out)
+
+
 def predict_label_given_private(clf: Classifier, x_s, x_p) -> jax.Array:
   """[N, K] log p(y | x_s, x_p) of rows with their own x_s and x_p."""
   return predict(clf, _with_private(x_s, x_p))[2]
 
 
-def label_prior(clf: Classifier, server: ServerData) -> LabelPrior:
-  """`label_given_private`'s classifier as Bayesian EXACT's label prior: its
-  first layer split into every record's x_s part and the rows that a
-  candidate's private input (`CandidateSpace.encode`: one-hots, then
-  normalised numerics) multiplies.
+def conditional_prior(clf: Classifier, server: ServerData, width: int) -> ConditionalPrior:
+  """A classifier of x_s and x_p's leading inputs (`label_given_private`,
+  `private_chain`) as a Bayesian EXACT prior: its first layer split into
+  every record's x_s part and the rows that a candidate's private input
+  (`CandidateSpace.encode`: one-hots, then normalised numerics; `width`
+  columns) multiplies, zero for the columns it does not read.
 
   Raises:
-    ValueError: the classifier has no hidden layer.
+    ValueError: the classifier has no hidden layer, or reads more than
+      `width` private inputs.
   """
   net = clf.net
   if not net.hidden:
-    raise ValueError("label_prior: the label-given-private classifier needs a hidden "
-                     "layer (attack.server_model.hidden > 0)")
+    raise ValueError("conditional_prior: the classifier needs a hidden layer "
+                     "(attack.server_model.hidden > 0)")
   num_s = server.x_s_cat.shape[1]
   s_vocab, p_vocab = net.input_vocab_sizes[:num_s], net.input_vocab_sizes[num_s:]
   num_s_num = server.x_s_num.shape[1]
@@ -229,11 +253,15 @@ def label_prior(clf: Classifier, server: ServerData) -> LabelPrior:
   w = first["kernel"]
   w_s = jnp.concatenate([w[:rows[1]], w[rows[2]:rows[3]]])
   w_p = jnp.concatenate([w[rows[1]:rows[2]], w[rows[3]:]])
+  if w_p.shape[0] > width:
+    raise ValueError(f"conditional_prior: the classifier reads {w_p.shape[0]} private "
+                     f"inputs, the candidates have {width}")
+  w_p = jnp.pad(w_p, ((0, width - w_p.shape[0]), (0, 0)))
   x_s = jnp.concatenate([jax.nn.one_hot(server.x_s_cat[:, j], v)
                          for j, v in enumerate(s_vocab)] + [server.x_s_num], -1)
   out = clf.params["params"]["label"]
-  return LabelPrior(x_s @ w_s + first["bias"], w_p, out["kernel"], out["bias"],
-                    jnp.float32(clf.temperatures[-1]))
+  return ConditionalPrior(x_s @ w_s + first["bias"], w_p, out["kernel"], out["bias"],
+                          jnp.float32(clf.temperatures[-1]))
 
 
 def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_sizes,

@@ -14,8 +14,10 @@ through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
 - Bayesian EXACT: log p(c, y | releases) = log prior(c, y | x_s)
   - sum_r ||g_r - clip(g_r(c, y))||^2 / (2 (sigma C)^2), over every release r of
   the record seen so far (each with the device params of its step); the prior
-  is a product over the private features times the label's, which may depend
-  on the candidate (`knowledge.LabelPrior`). It reports
+  is a product over the private features times the label's, each a table by
+  record or a classifier of the candidate's other values
+  (`knowledge.ConditionalPrior`: the label given x_p, a feature given the
+  features before it). It reports
   the MAP candidate and its posterior probability, and for each private
   feature and the label on its own the value of largest marginal posterior
   (summed over every other feature and the label) with that probability:
@@ -58,7 +60,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
 from splitjax import models, sharding
-from splitjax.attacks.knowledge import CandidateSpace, LabelPrior, Mechanism
+from splitjax.attacks.knowledge import CandidateSpace, ConditionalPrior, Mechanism
 from splitjax.errors import ConfigError
 from splitjax.protocol import ServerView
 
@@ -363,12 +365,16 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
   pair_index = start * k + jnp.arange(chunk * k, dtype=jnp.int32)  # candidate x label
   if bayes:
     cat_tables, label_table = log_prior
-    if isinstance(label_table, LabelPrior):
+    if isinstance(label_table, ConditionalPrior):
       prior = label_table.log_probs(p)                      # [N, C, K]
     else:
       prior = label_table[:, None, :]
     for j, table in enumerate(cat_tables):
-      prior = prior + table[:, digits[:, j]][:, :, None]
+      if isinstance(table, ConditionalPrior):               # [N, C, V_j] -> [N, C]
+        term = jnp.take_along_axis(table.log_probs(p), digits[None, :, j, None], -1)[..., 0]
+      else:
+        term = table[:, digits[:, j]]
+      prior = prior + term[:, :, None]
     prior = jnp.where(valid[None, :, None], prior, -jnp.inf)  # [N, C, K]
     onehot = jnp.concatenate([jnp.zeros((chunk, 0))]  # [C, V]; V = 0: label only
                              + [jax.nn.one_hot(digits[:, j], r)
@@ -584,10 +590,10 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
       = none), which Bayes's likelihood mixes over.
     select: [S] which settings of `views` to attack (default: all).
     bayes: also run Bayesian EXACT.
-    log_prior: (tuple of [N, V_j] per private categorical, label)
-      log-probabilities for Bayes, shared by the settings, the label's
-      [N, K] or, given each candidate's private values, a
-      knowledge.LabelPrior; None = uniform.
+    log_prior: (one per private categorical, the label's) log-probabilities
+      for Bayes, shared by the settings: each an [N, V_j] (label: [N, K])
+      table, or a knowledge.ConditionalPrior of the candidate's private
+      values; None = uniform.
     metric: EXACT's 'l2' or 'cosine' (Bayes uses the Gaussian L2).
     noiseless_scale: when a setting adds no noise, the likelihood's scale
       relative to each record's RMS message coordinate.

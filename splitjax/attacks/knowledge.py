@@ -4,8 +4,9 @@
 - `AuxSample`: complete records (x_s, x_p, y) of a disjoint auxiliary sample
   (default 10 % of the training split). They are excluded from the targets.
 - `Mechanism`: the public parameters of the message defence.
-- `LabelPrior`: log p(y | x_s, x_p) of any candidate x_p, from a classifier
-  fitted on the auxiliary sample (`baselines.label_prior`).
+- `ConditionalPrior`: log p(target | x_s, x_p) of any candidate x_p (the
+  label, or a private categorical given those before it), from a classifier
+  fitted on the auxiliary sample (`baselines.conditional_prior`).
 - `CandidateSpace`: every combination of private values an exhaustive attack
   enumerates (categoricals by vocabulary, numerics on a declared grid).
 
@@ -52,27 +53,30 @@ class Mechanism(NamedTuple):
   label_epsilon: float = math.inf
 
 
-class LabelPrior(NamedTuple):
-  """log p(y | x_s, x_p) for every record and any candidate x_p: a one-hidden-
-  layer classifier fitted on the auxiliary sample, its first layer split
-  into the part of each record's own x_s (computed once) and the part of
-  the candidate's private input, as `CandidateSpace.encode` writes it.
+class ConditionalPrior(NamedTuple):
+  """log p(target | x_s, x_p) for every record and any candidate x_p: a one-
+  hidden-layer classifier fitted on the auxiliary sample, its first layer
+  split into the part of each record's own x_s (computed once) and the part
+  of the candidate's private input, as `CandidateSpace.encode` writes it
+  (zero rows where the classifier does not read that input). The target is
+  the label, or a private categorical given the ones before it (the 'chain'
+  prior).
 
   Built from the server's x_s alone: it holds no target's x_p or y.
   """
   record_pre: jax.Array      # [N, H] x_s's share of the first layer, with its bias
   private_kernel: jax.Array  # [P, H] the private input's rows of the first layer
-  kernel: jax.Array          # [H, K] the label layer
-  bias: jax.Array            # [K]
-  temperature: jax.Array     # [] the label's temperature (baselines.temperature)
+  kernel: jax.Array          # [H, V] the target's layer
+  bias: jax.Array            # [V]
+  temperature: jax.Array     # [] the target's temperature (baselines.temperature)
 
   def log_probs(self, private: jax.Array, batch: int = 1024) -> jax.Array:
-    """[N, C, K] log p(y | x_s, x_p = private[c]) for private [C, P], in
+    """[N, C, V] log p(target | x_s, x_p = private[c]) for private [C, P], in
     blocks of `batch` records (all of them at once would hold an [N, C, H]
     intermediate: ~700 MB for Adult's records and one EXACT chunk)."""
     cand = private @ self.private_kernel                            # [C, H]
 
-    def one(rec):                                                   # [H] -> [C, K]
+    def one(rec):                                                   # [H] -> [C, V]
       logits = jnp.maximum(rec + cand, 0.0) @ self.kernel + self.bias
       return jax.nn.log_softmax(logits / self.temperature, -1)
 
@@ -99,6 +103,11 @@ class CandidateSpace:
   @property
   def size(self) -> int:
     return math.prod(self.radices)
+
+  @property
+  def width(self) -> int:
+    """Columns of `encode`'s private input: one-hots, then numerics."""
+    return sum(self.radices[:self.num_categorical]) + len(self.grids)
 
   def digits(self, index: jax.Array) -> jax.Array:
     """Candidate indices [C] -> per-feature value indices [C, F]."""

@@ -5,7 +5,10 @@ take seconds and bounded memory; no per-row Python work.
 
 The generative model (all weights drawn once from `seed`):
 - server numerics x ~ N(0, I); server categoricals uniform;
-- private categorical j ~ softmax(dependence * (x A_j + E_j[server cats]));
+- private categorical j ~ softmax(dependence * (x A_j + E_j[server cats])
+  + private_chain * onehot(private categorical j - 1)), so with
+  private_chain > 0 each leans to the value of the one before it, beyond
+  what the server's features say;
 - private numeric k = dependence * x b_k + N(0, 1);
 - label ~ softmax(x W + sum_j V_j[private cat j] + private numerics U),
   so the private features carry label signal the server lacks.
@@ -57,7 +60,10 @@ def generate(cfg) -> dict[str, RawTable]:
     p_cat = np.empty((m, cp), np.int64)
     for j in range(cp):
       logits = x @ a[j] + sum(e[j, i][s_cat[:, i]] for i in range(cs))
-      p_cat[:, j] = _sample(rng, cfg.dependence * logits)
+      logits = cfg.dependence * logits
+      if j and cfg.private_chain:
+        logits = logits + cfg.private_chain * np.eye(vp)[p_cat[:, j - 1]]
+      p_cat[:, j] = _sample(rng, logits)
     p_num = (cfg.dependence * x @ b.T + rng.normal(size=(m, npn))).astype(np.float32)
     label_logits = x @ w + p_num @ u
     for j in range(cp):
