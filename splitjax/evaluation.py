@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from splitjax import audit, configlib, data, errors, models, sharding, training
+from splitjax import audit, configlib, data, errors, models, report, sharding, training
 from splitjax import workdir as wd
 from splitjax.attacks import baselines, exact, gradmatch, knowledge, label_only
 from splitjax.data.schema import Arrays
@@ -325,10 +325,10 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
   return out
 
 
-def _bayes_prior(ctx: AttackContext):
+def _bayes_prior(ctx: AttackContext, kind: str | None = None):
   """Bayesian EXACT's log prior as `exact.attack_settings` takes it (None:
-  uniform), by attack.bayes.prior."""
-  schema, kind = ctx.schema, ctx.config.attack.bayes.prior
+  uniform), by `kind` (default attack.bayes.prior)."""
+  schema, kind = ctx.schema, kind or ctx.config.attack.bayes.prior
   if kind == "server_model":
     return ctx.server_model.log_probs
   if kind in ("label_given_private", "chain"):
@@ -501,3 +501,89 @@ def _split(space, digits):
   num = np.stack([np.asarray(space.grids[k], np.float32)[digits[:, space.num_categorical + k]]
                   for k in range(len(space.grids))], 1) if space.grids else None
   return cat if space.num_categorical else None, num
+
+
+def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray,
+                    block: int = 512):
+  """A Bayes prior alone, with no release: for the records `rows`, each
+  private categorical's and the label's marginal MAP and the MAP candidate.
+
+  Returns (marginal codes [R, F], marginal labels [R], MAP codes [R, F], MAP
+  labels [R]). Records go in padded blocks of `block` (one compile).
+  """
+  digits = space.digits(jnp.arange(space.size))
+  private = space.encode(digits)
+  onehot = jnp.concatenate([jnp.zeros((space.size, 0))]
+                           + [jax.nn.one_hot(digits[:, j], r)
+                              for j, r in enumerate(space.radices)], -1)
+  splits = np.cumsum(space.radices)[:-1]
+
+  @jax.jit
+  def one(idx):
+    lp = exact.log_prior_of(exact.prior_rows(log_prior, idx), digits, private)
+    post = jax.nn.softmax(lp.reshape(lp.shape[0], -1), -1).reshape(lp.shape)
+    feats = jnp.split(jnp.einsum("bck,cv->bv", post, onehot), splits, -1)
+    best = jnp.argmax(lp.reshape(lp.shape[0], -1), -1)
+    return ([f.argmax(-1) for f in feats] if space.radices else [],
+            post.sum(1).argmax(-1), digits[best // space.num_labels],
+            best % space.num_labels)
+
+  outs = []
+  for lo in range(0, len(rows), block):
+    idx = rows[lo:lo + block]
+    pad = np.pad(idx, (0, block - len(idx)), mode="edge")
+    feats, label, map_cat, map_label = jax.device_get(one(jnp.asarray(pad)))
+    n = len(idx)
+    outs.append((np.stack(feats, 1)[:n] if feats else np.zeros((n, 0), np.int32),
+                 label[:n], map_cat[:n], map_label[:n]))
+  return tuple(np.concatenate(z) for z in zip(*outs))
+
+
+def prior_accuracy(config, workdir: str) -> dict:
+  """How well each of Bayes's priors guesses the targets with no release at
+  all (the limit sigma -> inf of Bayesian EXACT), beside the two baselines:
+  each private categorical's and the label's accuracy and the all-correct
+  rate, written to prior_accuracy.json and .md in workdir. No training.
+
+  Raises:
+    ConfigError: private numerics (their prior is uniform on a grid), or a
+      workdir that already holds the result.
+  """
+  configlib.check(config)
+  wd.refuse_finished(workdir, "prior_accuracy.json")
+  dataset = data.load(config.data)
+  schema = dataset.schema
+  if schema.private_numeric:
+    raise errors.ConfigError(
+        "data.private_features: prior_accuracy scores categoricals; "
+        f"{[f.name for f in schema.private_numeric]} are numeric")
+  model = models.make_model(schema, config.model)
+  spec = training.make_spec(config, model, dataset.train)
+  ctx = prepare(config, dataset, model, spec)
+  ctx = dataclasses.replace(ctx, space=knowledge.candidate_space(schema, ()))
+  rows = np.flatnonzero(ctx.targets)
+  n = dataset.train.num_examples
+  out = {}
+  for name, pred in (("prior", ctx.prior_pred), ("server_model", ctx.server_model)):
+    out[name] = score(schema, dataset.train, None, ctx.targets, pred.cat, None, pred.label)
+  kinds = [k for k in configlib.BAYES_PRIORS if k != "uniform"]
+  for kind in kinds:
+    if kind in ("chain", "label_given_private") and not config.attack.server_model.hidden:
+      continue
+    start = time.time()
+    marg, label, map_cat, map_label = prior_marginals(_bayes_prior(ctx, kind), ctx.space,
+                                                      rows)
+    cat, lab, jcat, jlab = (np.zeros((n,) + a.shape[1:], np.int64)
+                            for a in (marg, label, map_cat, map_label))
+    cat[rows], lab[rows], jcat[rows], jlab[rows] = marg, label, map_cat, map_label
+    out[f"bayes/{kind}"] = score(schema, dataset.train, None, ctx.targets, cat, None, lab,
+                                 joint=(jcat, jlab))
+    logging.info("prior %s: %.1f s", kind, time.time() - start)
+  provenance = wd.provenance(configlib.config_hash(config))
+  result = {"scores": out, "num_targets": int(len(rows)), **provenance}
+  wd.write_json(os.path.join(workdir, "config.json"),
+                {"config": config.to_dict(), "schema": schema.to_json(), **provenance})
+  wd.write_text(os.path.join(workdir, "prior_accuracy.md"), report.prior_accuracy_markdown(result))
+  wd.write_json(os.path.join(workdir, "prior_accuracy.json"), result)
+  print(report.prior_accuracy_markdown(result))
+  return result

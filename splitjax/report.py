@@ -517,3 +517,21 @@ def seed_spread_markdown(sweep: dict, spread: list[dict], subset: int, half_widt
                    f"{f' ({zero} zero-width)' if zero else ''} "
                    f"| {need if need is not None else '> 1000'} |")
   return "\n".join(lines) + "\n"
+
+
+def prior_accuracy_markdown(result: dict) -> str:
+  """`prior_accuracy`'s table: a row per guess, a column per private
+  categorical, the label and the all-correct rate."""
+  scores = result["scores"]
+  names = list(next(iter(scores.values()))["features"])
+  head = ["guess", *names, "label", "all correct"]
+  lines = [f"Accuracy on the {result['num_targets']} target records with no release "
+           f"(config {result['config_hash']}, commit {result['git_commit'][:12]}; "
+           f"{result['software']}). 'bayes/<prior>': each value's marginal MAP under "
+           "that attack.bayes.prior, all correct by its MAP candidate.", "",
+           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for guess, sc in scores.items():
+    cells = [f"{sc['features'][f]['accuracy']:.4f}" for f in names]
+    cells += [f"{sc['label']['accuracy']:.4f}", f"{sc.get('all_correct', float('nan')):.4f}"]
+    lines.append(f"| {guess} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"

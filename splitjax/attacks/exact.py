@@ -345,6 +345,34 @@ def _merge(old, new, tolerance):
   return top, jnp.where(take, i1, i0), jnp.where(take, r1, r0)
 
 
+def log_prior_of(log_prior, digits: jax.Array, private: jax.Array) -> jax.Array:
+  """[N, C, K] log prior(c, y | x_s) of candidates c (digits [C, F] and their
+  private input [C, P], `CandidateSpace.encode`) and every label, for every
+  record of `log_prior` (as `attack_settings` takes it)."""
+  cat_tables, label_table = log_prior
+  if isinstance(label_table, ConditionalPrior):
+    prior = label_table.log_probs(private)                  # [N, C, K]
+  else:
+    prior = label_table[:, None, :]
+  for j, table in enumerate(cat_tables):
+    if isinstance(table, ConditionalPrior):                 # [N, C, V_j] -> [N, C]
+      term = jnp.take_along_axis(table.log_probs(private), digits[None, :, j, None],
+                                 -1)[..., 0]
+    else:
+      term = table[:, digits[:, j]]
+    prior = prior + term[:, :, None]
+  return prior
+
+
+def prior_rows(log_prior, rows: jax.Array):
+  """`log_prior` restricted to the records `rows`."""
+  def take(t):
+    return (t._replace(record_pre=t.record_pre[rows]) if isinstance(t, ConditionalPrior)
+            else t[rows])
+  cat_tables, label_table = log_prior
+  return tuple(take(t) for t in cat_tables), take(label_table)
+
+
 def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless_scale,
                 log_prior, *, model, space, metric, chunk, num_records, bayes, block):
   """Folds one candidate chunk into every setting's and epoch's running best.
@@ -364,17 +392,7 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
   p = space.encode(digits)
   pair_index = start * k + jnp.arange(chunk * k, dtype=jnp.int32)  # candidate x label
   if bayes:
-    cat_tables, label_table = log_prior
-    if isinstance(label_table, ConditionalPrior):
-      prior = label_table.log_probs(p)                      # [N, C, K]
-    else:
-      prior = label_table[:, None, :]
-    for j, table in enumerate(cat_tables):
-      if isinstance(table, ConditionalPrior):               # [N, C, V_j] -> [N, C]
-        term = jnp.take_along_axis(table.log_probs(p), digits[None, :, j, None], -1)[..., 0]
-      else:
-        term = table[:, digits[:, j]]
-      prior = prior + term[:, :, None]
+    prior = log_prior_of(log_prior, digits, p)
     prior = jnp.where(valid[None, :, None], prior, -jnp.inf)  # [N, C, K]
     onehot = jnp.concatenate([jnp.zeros((chunk, 0))]  # [C, V]; V = 0: label only
                              + [jax.nn.one_hot(digits[:, j], r)

@@ -1,0 +1,17 @@
+"""How well each of Bayesian EXACT's priors guesses the targets on its own.
+
+  python scripts/prior_accuracy.py --config=configs/adult.py --workdir=workdirs/adult_priors
+
+No training and no release: the limit sigma -> inf of Bayesian EXACT, for
+every attack.bayes.prior but 'uniform', beside the 'prior' and
+'server_model' baselines. Writes prior_accuracy.json and .md (and
+config.json) to --workdir and prints the table: per private categorical,
+the label and the all-correct rate, on the attack's target records. A
+workdir that already holds a result is refused. Private numerics are not
+scored (their prior is uniform on a grid).
+"""
+
+from splitjax import cli, evaluation
+
+if __name__ == "__main__":
+  cli.run_app(evaluation.prior_accuracy)
