@@ -591,6 +591,34 @@ def test_bayes_marginals_score_each_feature_at_least_as_well_as_the_map():
   assert np.all((r.marginal_posterior[m] > 0) & (r.marginal_posterior[m] <= 1 + 1e-6))
 
 
+def _bayes_gains(c, priors):
+  """Bayesian EXACT's marginal accuracy on each private feature and the
+  label, prior B minus prior A, on the same releases (C 0.05, noise 0.05,
+  2 epochs) and the same targets. priors(ds, space, server, aux, fit) -> (A,
+  B), where fit holds the server model's fitting arguments."""
+  ds, model, views = _captured(c, dict(ROW, clip_norm=0.05, noise_stddev=0.05), epochs=2)
+  space, mech = knowledge.candidate_space(ds.schema, ()), knowledge.Mechanism(0.05, 0.05)
+  sm = c.attack.server_model
+  server, aux, targets = evaluation.split_aux(ds.train, 0.25, 0)
+  fit = dict(hidden=sm.hidden, num_steps=sm.num_steps, learning_rate=sm.learning_rate,
+             held_out_fraction=sm.held_out_fraction, seed=0)
+  truth = list(ds.train.x_p_cat.T) + [ds.train.y]
+  acc = []
+  for prior in priors(ds, space, server, aux, fit):
+    r = exact.attack(model, space, mech, views, ds.train.num_examples, bayes=True,
+                     log_prior=prior)
+    m = r.seen & targets
+    acc.append([_acc(p, t, m) for p, t in zip(list(r.marginal_digits.T) + [r.marginal_label],
+                                              truth)])
+  return np.subtract(acc[1], acc[0])
+
+
+def _label_given_private(ds, space, server, aux, c):
+  return baselines.conditional_prior(
+      evaluation.fit_label_given_private(aux, ds.schema, c.attack.server_model, 0), server,
+      space.width)
+
+
 def test_a_label_prior_given_the_candidate_beats_one_given_x_s_alone():
   # The synthetic label depends on the private values (private_signal 3).
   # Once the releases pin down the label, a prior that knows how y depends on
@@ -600,25 +628,14 @@ def test_a_label_prior_given_the_candidate_beats_one_given_x_s_alone():
   # +0.005 for the label: the mean must show, and nothing may lose more than
   # 1 %.
   c = small_config(data__synthetic__num_examples=1600, data__synthetic__private_signal=3.0)
-  ds, model, views = _captured(c, dict(ROW, clip_norm=0.05, noise_stddev=0.05), epochs=2)
-  space, mech = knowledge.candidate_space(ds.schema, ()), knowledge.Mechanism(0.05, 0.05)
-  n, sm = ds.train.num_examples, c.attack.server_model
-  server, aux, targets = evaluation.split_aux(ds.train, 0.25, 0)
-  kw = dict(hidden=sm.hidden, num_steps=sm.num_steps, learning_rate=sm.learning_rate,
-            held_out_fraction=sm.held_out_fraction, seed=0)
-  cats = baselines.server_model(aux, server, list(space.radices),
-                                [f.vocab_size for f in ds.schema.server_categorical], 2,
-                                **kw).log_probs
-  given = baselines.conditional_prior(
-      evaluation.fit_label_given_private(aux, ds.schema, sm, 0), server, space.width)
-  truth = list(ds.train.x_p_cat.T) + [ds.train.y]
-  acc = {}
-  for name, prior in (("x_s", cats), ("given", (cats[0], given))):
-    r = exact.attack(model, space, mech, views, n, bayes=True, log_prior=prior)
-    m = r.seen & targets
-    acc[name] = [_acc(p, t, m) for p, t in zip(list(r.marginal_digits.T) + [r.marginal_label],
-                                               truth)]
-  gains = np.subtract(acc["given"], acc["x_s"])
+
+  def priors(ds, space, server, aux, fit):
+    cats = baselines.server_model(aux, server, list(space.radices),
+                                  [f.vocab_size for f in ds.schema.server_categorical], 2,
+                                  **fit).log_probs
+    return cats, (cats[0], _label_given_private(ds, space, server, aux, c))
+
+  gains = _bayes_gains(c, priors)
   assert gains.min() > -0.01 and gains[:2].mean() > 0.006, gains
 
 
@@ -631,28 +648,18 @@ def test_a_chain_prior_beats_private_features_taken_one_by_one_from_x_s():
   # +0.004 on the label (at private_chain 3: +0.014, +0.001).
   c = small_config(data__synthetic__num_examples=1600,
                    data__synthetic__private_chain=6.0)
-  ds, model, views = _captured(c, dict(ROW, clip_norm=0.05, noise_stddev=0.05), epochs=2)
-  space, mech = knowledge.candidate_space(ds.schema, ()), knowledge.Mechanism(0.05, 0.05)
-  n, sm = ds.train.num_examples, c.attack.server_model
-  server, aux, targets = evaluation.split_aux(ds.train, 0.25, 0)
-  kw = dict(hidden=sm.hidden, num_steps=sm.num_steps, learning_rate=sm.learning_rate,
-            held_out_fraction=sm.held_out_fraction, seed=0)
-  server_vocab = [f.vocab_size for f in ds.schema.server_categorical]
-  cats = baselines.server_model(aux, server, list(space.radices), server_vocab, 2,
-                                **kw).log_probs[0]
-  chain = tuple(baselines.conditional_prior(clf, server, space.width) for clf in
-                baselines.private_chain(aux, server_vocab, list(space.radices), **kw))
-  label = baselines.conditional_prior(
-      evaluation.fit_label_given_private(aux, ds.schema, sm, 0), server, space.width)
-  truth = list(ds.train.x_p_cat.T) + [ds.train.y]
-  acc = {}
-  for name, prior in (("x_s", (cats, label)), ("chain", (chain, label))):
-    r = exact.attack(model, space, mech, views, n, bayes=True, log_prior=prior)
-    m = r.seen & targets
-    acc[name] = [_acc(p, t, m) for p, t in zip(list(r.marginal_digits.T) + [r.marginal_label],
-                                               truth)]
-  gains = np.subtract(acc["chain"], acc["x_s"])
-  assert gains.min() > -0.01 and gains[:2].mean() > 0.012, (gains, acc)
+
+  def priors(ds, space, server, aux, fit):
+    server_vocab = [f.vocab_size for f in ds.schema.server_categorical]
+    cats = baselines.server_model(aux, server, list(space.radices), server_vocab, 2,
+                                  **fit).log_probs[0]
+    chain = tuple(baselines.conditional_prior(clf, server, space.width) for clf in
+                  baselines.private_chain(aux, server_vocab, list(space.radices), **fit))
+    label = _label_given_private(ds, space, server, aux, c)
+    return (cats, label), (chain, label)
+
+  gains = _bayes_gains(c, priors)
+  assert gains.min() > -0.01 and gains[:2].mean() > 0.012, gains
 
 
 @pytest.mark.parametrize("chunk_mb", [16.0, 512.0])
