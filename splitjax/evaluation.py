@@ -166,12 +166,10 @@ class AttackContext:
   def private_chain(self) -> tuple[baselines.Classifier, ...]:
     """x_s, x_p[:j] -> x_p[j] for each private categorical, on the auxiliary
     sample, fitted on first use (Bayes's 'chain' prior)."""
-    c = self.config.attack.server_model
     return baselines.private_chain(
         self.aux, [f.vocab_size for f in self.schema.server_categorical],
-        [f.vocab_size for f in self.schema.private_categorical], hidden=c.hidden,
-        num_steps=c.num_steps, learning_rate=c.learning_rate,
-        held_out_fraction=c.held_out_fraction, seed=self.config.attack.aux_seed)
+        [f.vocab_size for f in self.schema.private_categorical],
+        **fit_args(self.config.attack.server_model, self.config.attack.aux_seed))
 
   @functools.cached_property
   def label_kappa_given_private(self) -> np.ndarray:
@@ -205,13 +203,10 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
   prior_pred = baselines.prior(aux, n, vocab, schema.num_classes)
   # The server model is always fitted: its confidences are the attacker's
   # per-record prior kappa_i for the audit's ceilings.
-  c = config.attack.server_model
   sm = baselines.server_model(aux, server, vocab,
                               [f.vocab_size for f in schema.server_categorical],
-                              schema.num_classes, hidden=c.hidden,
-                              num_steps=c.num_steps, learning_rate=c.learning_rate,
-                              held_out_fraction=c.held_out_fraction,
-                              seed=config.attack.aux_seed)
+                              schema.num_classes,
+                              **fit_args(config.attack.server_model, config.attack.aux_seed))
   kappa = {f.name: np.exp(np.asarray(t).max(-1))
            for f, t in zip(schema.private_categorical, sm.log_probs[0])}
   kappa["label"] = np.exp(np.asarray(sm.log_probs[1]).max(-1))
@@ -228,17 +223,24 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
                        space, prior_pred, sm, kappa, names)
 
 
+def fit_args(server_model_config, seed: int) -> dict:
+  """The fitting arguments of every classifier on the auxiliary sample (the
+  server model, the label-given-private classifier, the chain's links):
+  attack.server_model.* and the aux seed."""
+  c = server_model_config
+  return dict(hidden=c.hidden, num_steps=c.num_steps, learning_rate=c.learning_rate,
+              held_out_fraction=c.held_out_fraction, seed=seed)
+
+
 def fit_label_given_private(aux: knowledge.AuxSample, schema, server_model_config,
                             seed: int) -> baselines.Classifier:
   """The classifier x_s, x_p -> y, fitted on the auxiliary sample like the
-  server model: the label-DP ceiling's prior and Bayesian EXACT's
-  'label_given_private' label prior."""
-  c = server_model_config
+  server model: the label-DP ceiling's prior and Bayesian EXACT's label
+  prior ('chain', 'label_given_private')."""
   return baselines.label_given_private(
       aux, [f.vocab_size for f in schema.server_categorical],
       [f.vocab_size for f in schema.private_categorical], schema.num_classes,
-      hidden=c.hidden, num_steps=c.num_steps, learning_rate=c.learning_rate,
-      held_out_fraction=c.held_out_fraction, seed=seed)
+      **fit_args(server_model_config, seed))
 
 
 def label_kappa_given_private(records: Arrays, clf: baselines.Classifier) -> np.ndarray:

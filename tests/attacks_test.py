@@ -600,8 +600,7 @@ def _bayes_gains(c, priors):
   space, mech = knowledge.candidate_space(ds.schema, ()), knowledge.Mechanism(0.05, 0.05)
   sm = c.attack.server_model
   server, aux, targets = evaluation.split_aux(ds.train, 0.25, 0)
-  fit = dict(hidden=sm.hidden, num_steps=sm.num_steps, learning_rate=sm.learning_rate,
-             held_out_fraction=sm.held_out_fraction, seed=0)
+  fit = evaluation.fit_args(sm, 0)
   truth = list(ds.train.x_p_cat.T) + [ds.train.y]
   acc = []
   for prior in priors(ds, space, server, aux, fit):

@@ -196,15 +196,24 @@ def _with_private(x_s, x_p):
           jnp.concatenate([jnp.asarray(x_s[1]), jnp.asarray(x_p[1])], 1))
 
 
+def _fit_given(aux: AuxSample, server_vocab_sizes, given, given_vocab_sizes, target,
+               num_classes: int, **kwargs) -> Classifier:
+  """Fits x_s and `given` (an (x_cat, x_num) pair of private columns, with
+  their vocabularies) -> `target` [A] on the auxiliary sample, as `_Heads`'
+  one softmax head (keyword arguments as `fit`'s)."""
+  rows = aux.y.shape[0]
+  only = (jnp.zeros((rows, 0), jnp.int32), jnp.zeros((rows, 0), jnp.float32), target)
+  return fit(_with_private((aux.x_s_cat, aux.x_s_num), given),
+             list(server_vocab_sizes) + list(given_vocab_sizes), only, (), num_classes,
+             **kwargs)
+
+
 def label_given_private(aux: AuxSample, server_vocab_sizes, private_vocab_sizes,
                         num_labels: int, **kwargs) -> Classifier:
   """Fits x_s, x_p -> y on the auxiliary sample (keyword arguments as
   `fit`'s; its first layer must be hidden, for `conditional_prior`)."""
-  no_features = (jnp.zeros((aux.y.shape[0], 0), jnp.int32),
-                 jnp.zeros((aux.y.shape[0], 0), jnp.float32), aux.y)
-  return fit(_with_private((aux.x_s_cat, aux.x_s_num), (aux.x_p_cat, aux.x_p_num)),
-             list(server_vocab_sizes) + list(private_vocab_sizes), no_features, (),
-             num_labels, **kwargs)
+  return _fit_given(aux, server_vocab_sizes, (aux.x_p_cat, aux.x_p_num),
+                    private_vocab_sizes, aux.y, num_labels, **kwargs)
 
 
 def private_chain(aux: AuxSample, server_vocab_sizes, private_vocab_sizes,
@@ -213,16 +222,10 @@ def private_chain(aux: AuxSample, server_vocab_sizes, private_vocab_sizes,
   auxiliary sample: p(x_p | x_s) = prod_j p(x_p[j] | x_s, x_p[:j]), the
   chain rule, where the server model's prior takes each x_p[j] from x_s
   alone (keyword arguments as `fit`'s; the 'chain' prior)."""
-  rows = aux.y.shape[0]
-  out = []
-  for j, vocab in enumerate(private_vocab_sizes):
-    target = (jnp.zeros((rows, 0), jnp.int32), jnp.zeros((rows, 0), jnp.float32),
-              aux.x_p_cat[:, j])
-    given = (aux.x_p_cat[:, :j], jnp.zeros((rows, 0), jnp.float32))
-    out.append(fit(_with_private((aux.x_s_cat, aux.x_s_num), given),
-                   list(server_vocab_sizes) + list(private_vocab_sizes[:j]), target, (),
-                   vocab, **kwargs))
-  return tuple(out)
+  no_numerics = jnp.zeros((aux.y.shape[0], 0), jnp.float32)
+  return tuple(_fit_given(aux, server_vocab_sizes, (aux.x_p_cat[:, :j], no_numerics),
+                          private_vocab_sizes[:j], aux.x_p_cat[:, j], vocab, **kwargs)
+               for j, vocab in enumerate(private_vocab_sizes))
 
 
 def predict_label_given_private(clf: Classifier, x_s, x_p) -> jax.Array:
