@@ -95,8 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.attack.aux_fraction = 0.1
   c.attack.aux_seed = 0
   c.attack.exact = ml_collections.ConfigDict(dict(
-      # chunk_mb 0: the device's default (exact.default_chunk_mb: half the
-      # CPU's last-level cache within 8-32 MiB; 512 MiB on GPU/TPU).
+      # chunk_mb 0: the device's default (16 MiB on CPU, 512 on GPU/TPU).
       metric="l2", chunk_candidates=4096, chunk_mb=0.0,
       max_candidates=2_000_000, max_chunk_mb=1024.0, numeric_grids=(),
       max_steps=0))

@@ -676,19 +676,3 @@ def test_planned_chunks_fit_the_memory_limit(chunk_mb):
         exact.check_memory(space, records, 256, 128, chunk, 1024.0, 2_000_000, block,
                            bayes)
 
-
-def test_the_cpu_chunk_default_is_half_the_last_level_cache(tmp_path, monkeypatch):
-  # A sysfs tree as Linux lists CPU 0's caches: the instruction cache and a
-  # size it cannot parse are skipped, the largest of the rest counts.
-  for name, kind, size in [("index0", "Data", "32K"), ("index1", "Instruction", "64M"),
-                           ("index2", "Unified", "1024K"), ("index3", "Unified", "32768K"),
-                           ("index4", "Unified", "lots")]:
-    (tmp_path / name).mkdir()
-    (tmp_path / name / "type").write_text(kind + "\n")
-    (tmp_path / name / "size").write_text(size + "\n")
-  (tmp_path / "uevent").write_text("")
-  assert exact.last_level_cache_bytes(str(tmp_path)) == 32 * 2**20
-  assert exact.last_level_cache_bytes(str(tmp_path / "missing")) == 0
-  for cache, want in [(32 * 2**20, 16.0), (256 * 2**20, 32.0), (2**20, 8.0), (0, 32.0)]:
-    monkeypatch.setattr(exact, "last_level_cache_bytes", lambda cache=cache: cache)
-    assert exact.default_chunk_mb() == want

@@ -50,8 +50,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import re
 import time
 from typing import NamedTuple
 
@@ -556,41 +554,20 @@ def _with_setting_axis(views):
 
 
 def default_chunk_mb() -> float:
-  """The per-step buffer target when none is given: on a CPU half its
-  last-level cache (the step's buffers are re-touched every step and must
-  stay in cache beside the params and inputs), within [8, 32] MiB, and 32 MiB
-  where the cache size cannot be read; 512 MiB on an accelerator, where larger
-  steps mean fewer, fuller kernels. benchmarks/exact_chunks.py measured it:
-  on a 2-core AMD EPYC family 25 with a 32 MiB L3, 16 MiB ran 14-20 % faster
-  than 32 (results/benchmarks/README.md); on an earlier 2-core Xeon VM 32 ran
-  5-10 % faster than 16 and 64, and ~100 MiB 1.7x slower."""
-  if jax.devices()[0].platform != "cpu":
-    return 512.0
-  cache = last_level_cache_bytes()
-  return 32.0 if not cache else float(min(32, max(8, cache // 2**21)))
+  """The per-step buffer target when none is given: 16 MiB on a CPU, 512 MiB
+  on an accelerator, where larger steps mean fewer, fuller kernels
+  (benchmarks/exact_chunks.py measures both).
 
-
-def last_level_cache_bytes(root: str = "/sys/devices/system/cpu/cpu0/cache") -> int:
-  """The largest data or unified cache of CPU 0 that Linux's sysfs lists
-  under `root`, in bytes; 0 where there is none to read (other systems)."""
-  best = 0
-  try:
-    entries = os.listdir(root)
-  except OSError:
-    return 0
-  for entry in entries:
-    try:
-      with open(os.path.join(root, entry, "type")) as f:
-        kind = f.read().strip()
-      with open(os.path.join(root, entry, "size")) as f:
-        size = f.read().strip()
-    except OSError:
-      continue
-    match = re.fullmatch(r"(\d+)([KMG]?)", size)
-    if kind == "Instruction" or not match:
-      continue
-    best = max(best, int(match[1]) * 1024 ** " KMG".index(match[2] or " "))
-  return best
+  On a CPU the step's buffers are re-touched every step and must stay in
+  cache: ~100 MiB ran 1.7x slower than 32 on a 2-core Xeon VM, where 32 ran
+  5-10 % faster than 16; on a 2-core AMD EPYC family 25 (32 MiB L3) 16 ran
+  11-20 % faster than 32 (results/benchmarks/README.md). The default is one
+  figure for every CPU, not read off the cache, because the chunk moves a few
+  of EXACT's picks under noise by rounding (Adult: up to 1.6e-4 of a
+  feature's accuracy), and the same config should give the same numbers on
+  every machine that runs it the same way.
+  """
+  return 16.0 if jax.devices()[0].platform == "cpu" else 512.0
 
 
 def plan_chunk(space: CandidateSpace, num_settings: int, num_records: int,
