@@ -110,9 +110,10 @@ def base_config() -> ml_collections.ConfigDict:
   # 'uniform': none.
   c.attack.bayes = ml_collections.ConfigDict(dict(
       prior="chain", noiseless_scale=1e-4))
-  # held_out_fraction: aux rows held out to early-stop the server model and
-  # temperature-scale its confidences, which are the audit's priors and Bayes's
-  # (splitjax/attacks/baselines.py.fit_classifier).
+  # held_out_fraction: aux rows held out to early-stop the server model,
+  # temperature-scale its confidences and shrink them toward the class
+  # frequencies; they are the audit's priors and Bayes's
+  # (splitjax/attacks/baselines.py.fit).
   c.attack.server_model = ml_collections.ConfigDict(dict(
       hidden=64, num_steps=500, learning_rate=1e-2, held_out_fraction=0.2))
   c.attack.gradmatch = ml_collections.ConfigDict(dict(

@@ -501,17 +501,21 @@ def _random_conditional(key, n, radices, classes, reads, hidden=8):
   of two categoricals, reading the first `reads` columns (the rest zero, as
   a chain link's are), and its numpy log p(target | record, d0, d1)
   [n, r0, r1, classes] by brute force."""
-  k = jax.random.split(key, 4)
+  k = jax.random.split(key, 5)
   w_p = jax.random.normal(k[1], (sum(radices), hidden))
+  # Shrunk toward random class frequencies with weight 0.7 (baselines.shrinkage).
+  freq = jax.nn.softmax(jax.random.normal(k[4], (classes,)))
   prior = knowledge.ConditionalPrior(jax.random.normal(k[0], (n, hidden)),
                                      w_p.at[reads:].set(0.0),
                                      jax.random.normal(k[2], (hidden, classes)),
-                                     jax.random.normal(k[3], (classes,)), jnp.float32(1.5))
-  rec, w_p, w, b, t = (np.asarray(a, np.float64) for a in prior)
+                                     jax.random.normal(k[3], (classes,)), jnp.float32(1.5),
+                                     jnp.log(jnp.float32(0.7)), jnp.log(0.3 * freq))
+  rec, w_p, w, b, t = (np.asarray(a, np.float64) for a in prior[:5])
   r0, r1 = radices
   logits = np.stack([np.stack([np.maximum(rec + w_p[d0] + w_p[r0 + d1], 0) @ w + b
                                for d1 in range(r1)], 1) for d0 in range(r0)], 1) / t
-  return prior, logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  probs = np.exp(logits - np.log(np.exp(logits).sum(-1, keepdims=True)))
+  return prior, np.log(0.7 * probs + 0.3 * np.asarray(freq, np.float64))
 
 
 @pytest.mark.parametrize("prior_kind", ["table", "given_private", "chain"])

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import flax.linen as nn
@@ -89,12 +90,44 @@ def temperature(logits: np.ndarray, targets: np.ndarray) -> float:
   return float(grid[np.argmin([nll(t) for t in grid])])
 
 
+def shrinkage(log_probs: np.ndarray, targets: np.ndarray, log_freq: np.ndarray) -> float:
+  """The weight w in [0, 1] minimising the held-out NLL of the mixture
+  w softmax + (1 - w) freq, over a grid of step 0.01: how far a head's
+  predictions should be trusted over the class frequencies of the rows it was
+  fitted on (1: fully; 0: x_s tells it nothing it can use)."""
+  probs = np.exp(np.take_along_axis(np.asarray(log_probs, np.float64),
+                                    np.asarray(targets)[:, None], -1)[:, 0])
+  freq = np.exp(np.asarray(log_freq, np.float64))[np.asarray(targets)]
+  grid = np.linspace(0.0, 1.0, 101)
+  nll = [-np.mean(np.log(w * probs + (1.0 - w) * freq)) for w in grid]
+  return float(grid[np.argmin(nll)])
+
+
+def log_frequencies(values: np.ndarray, num_classes: int) -> np.ndarray:
+  """[num_classes] log class frequencies of `values`, add-one smoothed."""
+  counts = np.bincount(np.asarray(values), minlength=num_classes) + 1.0
+  return np.log(counts / counts.sum()).astype(np.float32)
+
+
 class Classifier(NamedTuple):
-  """A fitted `_Heads` MLP: the module, its params, and a temperature per
-  softmax head (the categoricals', then the label's)."""
+  """A fitted `_Heads` MLP: the module, its params, and per softmax head (the
+  categoricals', then the label's) a temperature and the mixture that shrinks
+  it toward the class frequencies of its fitted rows (`shrinkage`)."""
   net: _Heads
   params: dict
   temperatures: tuple[float, ...]
+  weights: tuple[float, ...]              # w per head
+  log_frequencies: tuple[np.ndarray, ...]  # [V] per head
+
+  def calibrate(self, j: int, logits: jax.Array) -> jax.Array:
+    """Head j's log-probabilities from its logits [..., V]: temperature, then
+    log(w softmax + (1 - w) freq). At w = 1, exactly the tempered softmax."""
+    log_p = jax.nn.log_softmax(logits / self.temperatures[j], -1)
+    w = self.weights[j]
+    if w == 1.0:
+      return log_p
+    return jnp.logaddexp(log_p + math.log(w) if w > 0 else jnp.full_like(log_p, -jnp.inf),
+                         jnp.log1p(-w) + self.log_frequencies[j])
 
 
 def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
@@ -111,15 +144,20 @@ def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
   are the server-model baseline. So a fraction of the rows is held out: the
   params of the step with the lowest held-out loss are kept, and each softmax
   head's logits are divided by the temperature that fits the held-out rows
-  best (which keeps each row's most likely value).
+  best (which keeps each row's most likely value). Each head is then mixed
+  with the class frequencies of the fitted rows by the weight the held-out
+  rows prefer (`shrinkage`): early stopping on the heads' summed loss keeps
+  the step best for all of them, where a head that x_s cannot predict (on
+  MovieLens, the rater's gender from the movie) is already worse than the
+  frequencies.
 
   Args:
     inputs: (x_cat int [A, I], x_num [A, J]) of the training rows.
     input_vocab_sizes: vocabulary of each input categorical.
     targets: (x_cat int [A, len(vocab_sizes)], x_num [A, M], y [A]).
     vocab_sizes, num_labels: the categorical targets' and the label's classes.
-    held_out_fraction: rows held out for early stopping and the temperatures
-      (0 = none: all num_steps, T = 1).
+    held_out_fraction: rows held out for early stopping, the temperatures
+      and the shrinkage (0 = none: all num_steps, T = 1, no shrinkage).
     seed: the MLP's init and the held-out rows.
   """
   rows = np.asarray(targets[2]).shape[0]
@@ -165,21 +203,28 @@ def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
     return best
 
   params = train(params)
-  temps = (1.0,) * (len(vocab_sizes) + 1)
-  if num_held:
-    h_cat, _, h_y = (np.asarray(a) for a in t_held)
-    h_cats, _, h_label = net.apply(params, *x_held)
-    temps = tuple([temperature(np.asarray(c), h_cat[:, j]) for j, c in enumerate(h_cats)]
-                  + [temperature(np.asarray(h_label), h_y)])
-  return Classifier(net, params, temps)
+  fit_cat, _, fit_y = (np.asarray(a) for a in t)
+  freqs = tuple([log_frequencies(fit_cat[:, j], v) for j, v in enumerate(vocab_sizes)]
+                + [log_frequencies(fit_y, num_labels)])
+  clf = Classifier(net, params, (1.0,) * len(freqs), (1.0,) * len(freqs), freqs)
+  if not num_held:
+    return clf
+  h_cat, _, h_y = (np.asarray(a) for a in t_held)
+  h_cats, _, h_label = net.apply(params, *x_held)
+  logits, held_targets = [*h_cats, h_label], [*h_cat.T, h_y]
+  temps = tuple(temperature(np.asarray(z), y) for z, y in zip(logits, held_targets))
+  clf = clf._replace(temperatures=temps)
+  weights = tuple(shrinkage(np.asarray(clf.calibrate(j, z)), y, freqs[j])
+                  for j, (z, y) in enumerate(zip(logits, held_targets)))
+  return clf._replace(weights=weights)
 
 
 def predict(clf: Classifier, inputs):
   """([N, V_j] log-probabilities per categorical target, [N, M] numerics,
   [N, K] label log-probabilities) of the rows inputs = (x_cat, x_num)."""
   cats, num, label = clf.net.apply(clf.params, *inputs)
-  return ([jax.nn.log_softmax(c / t) for c, t in zip(cats, clf.temperatures)], num,
-          jax.nn.log_softmax(label / clf.temperatures[-1]))
+  return ([clf.calibrate(j, c) for j, c in enumerate(cats)], num,
+          clf.calibrate(len(cats), label))
 
 
 def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int,
@@ -263,8 +308,12 @@ def conditional_prior(clf: Classifier, server: ServerData, width: int) -> Condit
   x_s = jnp.concatenate([jax.nn.one_hot(server.x_s_cat[:, j], v)
                          for j, v in enumerate(s_vocab)] + [server.x_s_num], -1)
   out = clf.params["params"]["label"]
+  w, freq = clf.weights[-1], clf.log_frequencies[-1]
+  rest = np.full_like(freq, -np.inf) if w == 1.0 else np.log1p(-w) + freq
   return ConditionalPrior(x_s @ w_s + first["bias"], w_p, out["kernel"], out["bias"],
-                          jnp.float32(clf.temperatures[-1]))
+                          jnp.float32(clf.temperatures[-1]),
+                          jnp.float32(math.log(w) if w > 0 else -np.inf),
+                          jnp.asarray(rest, jnp.float32))
 
 
 def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_sizes,

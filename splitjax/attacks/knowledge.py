@@ -69,6 +69,8 @@ class ConditionalPrior(NamedTuple):
   kernel: jax.Array          # [H, V] the target's layer
   bias: jax.Array            # [V]
   temperature: jax.Array     # [] the target's temperature (baselines.temperature)
+  log_weight: jax.Array      # [] log w of the mixture with the frequencies (baselines.shrinkage)
+  log_rest: jax.Array        # [V] log((1 - w) freq)
 
   def log_probs(self, private: jax.Array, batch: int = 1024) -> jax.Array:
     """[N, C, V] log p(target | x_s, x_p = private[c]) for private [C, P], in
@@ -78,7 +80,8 @@ class ConditionalPrior(NamedTuple):
 
     def one(rec):                                                   # [H] -> [C, V]
       logits = jnp.maximum(rec + cand, 0.0) @ self.kernel + self.bias
-      return jax.nn.log_softmax(logits / self.temperature, -1)
+      return jnp.logaddexp(jax.nn.log_softmax(logits / self.temperature, -1)
+                           + self.log_weight, self.log_rest)
 
     return jax.lax.map(one, self.record_pre, batch_size=batch)
 
