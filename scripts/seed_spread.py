@@ -15,8 +15,6 @@ whether its usual number is enough. A page already there is refused unless
 """
 
 import os
-import shlex
-import sys
 
 from absl import app, flags, logging
 
@@ -48,7 +46,7 @@ def main(argv):
     spread = report.seed_spread(sweep["rows"], metrics, _SUBSET.value)
   except SplitjaxError as e:
     cli.fail(str(e))
-  command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+  command = wd.command_line()
   page = report.seed_spread_markdown(sweep, spread, _SUBSET.value, _HALF_WIDTH.value,
                                      command)
   try:

@@ -582,7 +582,8 @@ def prior_accuracy(config, workdir: str) -> dict:
                                  joint=(jcat, jlab))
     logging.info("prior %s: %.1f s", kind, time.time() - start)
   provenance = wd.provenance(configlib.config_hash(config))
-  result = {"scores": out, "num_targets": int(len(rows)), **provenance}
+  result = {"scores": out, "num_targets": int(len(rows)), "command": wd.command_line(),
+            **provenance}
   wd.write_json(os.path.join(workdir, "config.json"),
                 {"config": config.to_dict(), "schema": schema.to_json(), **provenance})
   wd.write_text(os.path.join(workdir, "prior_accuracy.md"), report.prior_accuracy_markdown(result))

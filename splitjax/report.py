@@ -525,11 +525,12 @@ def prior_accuracy_markdown(result: dict) -> str:
   scores = result["scores"]
   names = list(next(iter(scores.values()))["features"])
   head = ["guess", *names, "label", "all correct"]
-  lines = [f"Accuracy on the {result['num_targets']} target records with no release "
-           f"(config {result['config_hash']}, commit {result['git_commit'][:12]}; "
-           f"{result['software']}). 'bayes/<prior>': each value's marginal MAP under "
-           "that attack.bayes.prior, all correct by its MAP candidate.", "",
-           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines = ([f"Command: `{result['command']}`", ""] if "command" in result else []) + [
+      f"Accuracy on the {result['num_targets']} target records with no release "
+      f"(config {result['config_hash']}, commit {result['git_commit'][:12]}; "
+      f"{result['software']}). 'bayes/<prior>': each value's marginal MAP under "
+      "that attack.bayes.prior, all correct by its MAP candidate.", "",
+      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for guess, sc in scores.items():
     cells = [f"{sc['features'][f]['accuracy']:.4f}" for f in names]
     cells += [f"{sc['label']['accuracy']:.4f}", f"{sc.get('all_correct', float('nan')):.4f}"]

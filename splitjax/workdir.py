@@ -11,7 +11,9 @@ import importlib.metadata
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 
 import jax
@@ -62,6 +64,11 @@ def provenance(config_hash: str, **extra) -> dict:
   and any `extra` fields (a run's seed)."""
   return {"config_hash": config_hash, **extra, "git_commit": git_commit(),
           "software": software()}
+
+
+def command_line() -> str:
+  """This process's command line, as a shell would take it back."""
+  return "python " + shlex.join(sys.argv)
 
 
 def check_writable(workdir: str) -> None:

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from splitjax import evaluation
+from splitjax import workdir as workdir_lib
 from splitjax.errors import ConfigError
 from conftest import REPO, small_config
 
@@ -35,6 +36,7 @@ def test_each_prior_alone_gives_its_known_answer_and_the_chain_gains(tmp_path):
   assert res["bayes/chain"]["all_correct"] > res["server_model"]["all_correct"] + 0.03
   page = open(os.path.join(workdir, "prior_accuracy.md")).read()
   assert "| bayes/chain |" in page and "| server_model |" in page
+  assert page.startswith(f"Command: `{workdir_lib.command_line()}`")
   with pytest.raises(ConfigError, match="prior_accuracy.json"):
     evaluation.prior_accuracy(c, workdir)
   assert open(os.path.join(workdir, "prior_accuracy.md")).read() == page
