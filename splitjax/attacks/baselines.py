@@ -94,7 +94,7 @@ def shrinkage(log_probs: np.ndarray, targets: np.ndarray, log_freq: np.ndarray) 
   """The weight w in [0, 1] minimising the held-out NLL of the mixture
   w softmax + (1 - w) freq, over a grid of step 0.01: how far a head's
   predictions should be trusted over the class frequencies of the rows it was
-  fitted on (1: fully; 0: x_s tells it nothing it can use)."""
+  fitted on (1: fully; 0: its inputs tell it nothing it can use)."""
   probs = np.exp(np.take_along_axis(np.asarray(log_probs, np.float64),
                                     np.asarray(targets)[:, None], -1)[:, 0])
   freq = np.exp(np.asarray(log_freq, np.float64))[np.asarray(targets)]
