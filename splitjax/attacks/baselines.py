@@ -119,15 +119,23 @@ class Classifier(NamedTuple):
   weights: tuple[float, ...]              # w per head
   log_frequencies: tuple[np.ndarray, ...]  # [V] per head
 
+  def mixture(self, j: int) -> tuple[jax.Array, jax.Array]:
+    """Head j's shrinkage in log space: (log w, [V] log((1 - w) freq)), so
+    that its log-probabilities are logaddexp(log_softmax + log w, the rest)."""
+    w, log_freq = self.weights[j], self.log_frequencies[j]
+    log_w = jnp.float32(math.log(w) if w > 0 else -np.inf)
+    if w == 1.0:
+      return log_w, jnp.full(log_freq.shape, -jnp.inf, jnp.float32)
+    return log_w, jnp.log1p(-w) + log_freq
+
   def calibrate(self, j: int, logits: jax.Array) -> jax.Array:
     """Head j's log-probabilities from its logits [..., V]: temperature, then
     log(w softmax + (1 - w) freq). At w = 1, exactly the tempered softmax."""
     log_p = jax.nn.log_softmax(logits / self.temperatures[j], -1)
-    w = self.weights[j]
-    if w == 1.0:
+    if self.weights[j] == 1.0:
       return log_p
-    return jnp.logaddexp(log_p + math.log(w) if w > 0 else jnp.full_like(log_p, -jnp.inf),
-                         jnp.log1p(-w) + self.log_frequencies[j])
+    log_w, log_rest = self.mixture(j)
+    return jnp.logaddexp(log_p + log_w, log_rest)
 
 
 def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
@@ -308,12 +316,8 @@ def conditional_prior(clf: Classifier, server: ServerData, width: int) -> Condit
   x_s = jnp.concatenate([jax.nn.one_hot(server.x_s_cat[:, j], v)
                          for j, v in enumerate(s_vocab)] + [server.x_s_num], -1)
   out = clf.params["params"]["label"]
-  w, freq = clf.weights[-1], clf.log_frequencies[-1]
-  rest = np.full_like(freq, -np.inf) if w == 1.0 else np.log1p(-w) + freq
   return ConditionalPrior(x_s @ w_s + first["bias"], w_p, out["kernel"], out["bias"],
-                          jnp.float32(clf.temperatures[-1]),
-                          jnp.float32(math.log(w) if w > 0 else -np.inf),
-                          jnp.asarray(rest, jnp.float32))
+                          jnp.float32(clf.temperatures[-1]), *clf.mixture(-1))
 
 
 def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_sizes,
