@@ -27,9 +27,11 @@ from __future__ import annotations
 import math
 
 import dp_accounting
+import numpy as np
 from absl import logging as absl_logging
 from dp_accounting import pld, rdp
 
+from splitjax import defences
 from splitjax.errors import ConfigError
 
 ACCOUNTANTS = ("pld", "rdp")
@@ -81,9 +83,11 @@ def label_epsilon(epsilon_label: float, num_classes: int) -> float:
   """
   if math.isinf(epsilon_label):
     return math.inf
-  keep = math.exp(epsilon_label) / (math.exp(epsilon_label) + num_classes - 1)
-  other = (1.0 - keep) / (num_classes - 1)
-  return math.log(keep / other)
+  if not 0 < epsilon_label <= defences.MAX_LABEL_EPSILON:
+    raise ConfigError(f"defence.label_epsilon: must be in (0, "
+                      f"{defences.MAX_LABEL_EPSILON:g}] or inf, got {epsilon_label}")
+  keep, other = defences.rr_probabilities(np.float64(epsilon_label), num_classes, np)
+  return float(np.log(keep / other))
 
 
 def _quietly(fn):

@@ -64,19 +64,39 @@ def chain(*transforms: MessageTransform) -> MessageTransform:
   return MessageTransform(update)
 
 
+# The largest finite epsilon_label that randomized_response honours. Its draw
+# compares a float32 uniform (a multiple of 2^-23) with a float32 keep
+# probability, so the flip probability it realises is rounded. The realised
+# epsilon (tests/defences_test.py) is within 1e-3 of the nominal one up to 10
+# (k = 2: 9.9995; k = 5: 10.00006; 1 and 3: +2e-7), 0.01 over at 12, 0.25
+# over at 15 (k = 2), and from about 17 every label is kept (epsilon inf).
+MAX_LABEL_EPSILON = 10.0
+
+
+def rr_probabilities(epsilon, num_classes: int, xp=jnp):
+  """(keep, other): the probability that k-ary randomized response at epsilon
+  reports the true label, and that it reports each one other label. epsilon =
+  inf gives (1, 0). `xp` is jnp (traceable) or np (float64: accounting and
+  the attacks' posteriors; wrap in np.errstate to hush the inf branch)."""
+  e = xp.exp(xp.minimum(epsilon, 80.0))  # no inf / inf; keep is 1.0 long before
+  keep = xp.where(xp.isinf(epsilon), 1.0, e / (e + num_classes - 1))
+  other = xp.where(xp.isinf(epsilon), 0.0, (1.0 - keep) / max(num_classes - 1, 1))
+  return keep, other
+
+
 def randomized_response(key: jax.Array, labels: jax.Array, num_classes: int,
                         epsilon: jax.Array | float) -> jax.Array:
   """k-ary randomized response: keep the label w.p. e^eps / (e^eps + k - 1).
 
   Otherwise report one of the other k - 1 labels uniformly. epsilon = inf
-  keeps every label.
+  keeps every label. Above MAX_LABEL_EPSILON the float32 draw no longer
+  realises the epsilon asked for (configs refuse it).
 
   Guarantee: epsilon-label-DP for each record's label (replace-one on y);
   drawn once, so it does not compose over epochs.
   """
   k_keep, k_other = jax.random.split(key)
-  keep_prob = jnp.where(jnp.isinf(epsilon), 1.0,
-                        jnp.exp(epsilon) / (jnp.exp(epsilon) + num_classes - 1))
+  keep_prob, _ = rr_probabilities(epsilon, num_classes)
   keep = jax.random.uniform(k_keep, labels.shape) < keep_prob
   shift = jax.random.randint(k_other, labels.shape, 1, num_classes)
   return jnp.where(keep, labels, (labels + shift) % num_classes).astype(labels.dtype)

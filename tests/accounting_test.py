@@ -43,6 +43,13 @@ def test_randomized_response_epsilon_is_exact(eps, k):
   assert math.isinf(accounting.label_epsilon(math.inf, k))
 
 
+def test_label_epsilon_past_what_float32_draws_realise_is_refused():
+  # At 40, keep/other is not even representable in float64 (ZeroDivisionError
+  # before): the config check says the same thing first.
+  with pytest.raises(ConfigError, match=r"defence.label_epsilon: must be in \(0, 10\] or inf"):
+    accounting.label_epsilon(40.0, 2)
+
+
 @pytest.mark.parametrize("target,epochs", [(1.0, 3), (4.0, 1), (8.0, 5)])
 def test_calibration_round_trips(target, epochs):
   sigma = accounting.calibrate_noise_multiplier(target, epochs, 1e-5)

@@ -109,7 +109,13 @@ CASES = {
         DataError, r"nope: data.manual_dir is not a folder"),
     "label_epsilon_not_positive": (
         lambda t: small_config(defence__label_epsilon=0.0),
-        ConfigError, r"defence.label_epsilon: must be > 0"),
+        ConfigError, r"defence.label_epsilon: must be in \(0, 10\] or inf \(off\), got 0.0"),
+    "label_epsilon_past_float32": (
+        lambda t: small_config(defence__label_epsilon=40.0),
+        ConfigError, r"defence.label_epsilon: must be in \(0, 10\] or inf \(off\), got 40.0"),
+    "sweep_label_epsilon_past_float32": (
+        lambda t: small_config(sweep__label_epsilons=(3.0, 12.0)),
+        ConfigError, r"sweep.label_epsilons: each must be <= 10 or inf, got \(3.0, 12.0\)"),
     "stale_without_fsl": (
         lambda t: small_config(view__knowledge="stale"),
         ConfigError, r"view.knowledge: 'stale' needs train.mode='fsl'"),

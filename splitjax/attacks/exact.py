@@ -59,7 +59,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from splitjax import models, sharding
+from splitjax import defences, models, sharding
 from splitjax.attacks.knowledge import CandidateSpace, ConditionalPrior, Mechanism
 from splitjax.errors import ConfigError
 from splitjax.protocol import ServerView
@@ -284,8 +284,7 @@ def label_log_rr(label_epsilon, num_labels: int) -> np.ndarray:
   off it), as splitjax.defences.randomized_response draws it."""
   eps = np.asarray(label_epsilon, np.float64).reshape(-1, 1, 1)
   with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-    keep = np.where(np.isinf(eps), 1.0, np.exp(eps) / (np.exp(eps) + num_labels - 1))
-    other = np.where(np.isinf(eps), 0.0, (1.0 - keep) / max(num_labels - 1, 1))
+    keep, other = defences.rr_probabilities(eps, num_labels, np)
     probs = np.where(np.eye(num_labels, dtype=bool), keep, other)
     return np.log(probs).astype(np.float32)
 
