@@ -377,7 +377,7 @@ def test_attack_modules_cannot_reach_training_or_data_loading():
   mechanism: they import no training, no data loading and no Arrays."""
   allowed = {"splitjax.models", "splitjax.protocol", "splitjax.errors",
              "splitjax.sharding",  # device placement only
-             "splitjax.data.schema", "splitjax.attacks", "splitjax"}
+             "splitjax.data.schema", "splitjax.defences", "splitjax.attacks", "splitjax"}
   for path in glob.glob(os.path.join(REPO, "splitjax", "attacks", "*.py")):
     tree = ast.parse(open(path).read())
     for node in ast.walk(tree):
@@ -389,6 +389,9 @@ def test_attack_modules_cannot_reach_training_or_data_loading():
               f"{os.path.basename(path)} imports {mod}")
         if node.module == "splitjax.data.schema":  # Types only, no data arrays.
           assert {a.name for a in node.names} <= {"Schema"}, path
+        if node.module == "splitjax.defences":  # The public mechanism's formula only.
+          assert {a.name for a in node.names} <= {"rr_probabilities"}, path
+        assert "defences" not in {a.name for a in node.names}, path
       if isinstance(node, ast.Import):
         assert not any(a.name.startswith("splitjax") for a in node.names)
 

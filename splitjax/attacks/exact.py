@@ -59,8 +59,9 @@ import numpy as np
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec
 
-from splitjax import defences, models, sharding
+from splitjax import models, sharding
 from splitjax.attacks.knowledge import CandidateSpace, ConditionalPrior, Mechanism
+from splitjax.defences import rr_probabilities
 from splitjax.errors import ConfigError
 from splitjax.protocol import ServerView
 
@@ -284,7 +285,7 @@ def label_log_rr(label_epsilon, num_labels: int) -> np.ndarray:
   off it), as splitjax.defences.randomized_response draws it."""
   eps = np.asarray(label_epsilon, np.float64).reshape(-1, 1, 1)
   with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-    keep, other = defences.rr_probabilities(eps, num_labels, np)
+    keep, other = rr_probabilities(eps, num_labels, np)
     probs = np.where(np.eye(num_labels, dtype=bool), keep, other)
     return np.log(probs).astype(np.float32)
 
