@@ -80,6 +80,10 @@ def label_epsilon(epsilon_label: float, num_classes: int) -> float:
   probabilities. (dp-accounting's RandomizedResponseDpEvent is defined only
   for add/remove and REPLACE_SPECIAL, i.e. against a uniform output, which
   understates the replace-one epsilon.)
+
+  Raises:
+    ConfigError: a finite epsilon_label above defences.MAX_LABEL_EPSILON,
+      which the float32 draw does not realise.
   """
   if math.isinf(epsilon_label):
     return math.inf
