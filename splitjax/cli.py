@@ -107,7 +107,10 @@ def run_app(job: Callable[[object, str], object]) -> None:
       fail(f"--config: get_config() returned {type(loaded).__name__}, not a ConfigDict")
     try:
       from splitjax import sharding, workdir as wd  # After distributed init.
-      sharding.from_process_0(wd.check_writable, workdir.value)
+      if distributed.value:
+        sharding.from_process_0(wd.check_writable, workdir.value)
+      else:  # Without starting a backend, so a bad config is the only line printed.
+        wd.check_writable(workdir.value)
       job(loaded, workdir.value)
     except SplitjaxError as e:
       fail(str(e))

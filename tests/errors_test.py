@@ -211,6 +211,9 @@ def test_cli_bad_input_exits_nonzero_with_one_line_and_no_workdir(tmp_path):
      "--coordinator_address, --num_processes and --process_id, or run where JAX "
      "detects them: TPU, Slurm, Open MPI): "),
     ("--num_processes=2", "--num_processes: only with --distributed"),
+    # A config out of range: refused before any backend starts (and logs).
+    ("--config.defence.label_epsilon=40.0",
+     "defence.label_epsilon: must be in (0, 10] or inf (off), got 40.0"),
 ])
 def test_cli_bad_flag_is_one_line_not_a_traceback(tmp_path, flag, expected):
   # absl and ml_collections would print a traceback for each of these.
