@@ -85,11 +85,11 @@ def label_epsilon(epsilon_label: float, num_classes: int) -> float:
     ConfigError: a finite epsilon_label above defences.MAX_LABEL_EPSILON,
       which the float32 draw does not realise.
   """
-  if math.isinf(epsilon_label):
-    return math.inf
-  if not 0 < epsilon_label <= defences.MAX_LABEL_EPSILON:
+  if not defences.label_epsilon_ok(epsilon_label):
     raise ConfigError(f"defence.label_epsilon: must be in (0, "
                       f"{defences.MAX_LABEL_EPSILON:g}] or inf, got {epsilon_label}")
+  if math.isinf(epsilon_label):
+    return math.inf
   keep, other = defences.rr_probabilities(np.float64(epsilon_label), num_classes, np)
   return float(np.log(keep / other))
 

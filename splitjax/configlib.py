@@ -164,10 +164,6 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
-def _label_epsilon_ok(epsilon: float) -> bool:
-  return epsilon == math.inf or 0 < epsilon <= defences.MAX_LABEL_EPSILON
-
-
 def _need(ok: bool, field: str, msg: str):
   if not ok:
     raise ConfigError(f"{field}: {msg}")
@@ -208,7 +204,7 @@ def check(config: ml_collections.ConfigDict) -> None:
   _need(d.clip_norm > 0, "defence.clip_norm", f"must be > 0, got {d.clip_norm}")
   _need(d.noise_multiplier >= 0, "defence.noise_multiplier",
         f"must be >= 0, got {d.noise_multiplier}")
-  _need(_label_epsilon_ok(d.label_epsilon), "defence.label_epsilon",
+  _need(defences.label_epsilon_ok(d.label_epsilon), "defence.label_epsilon",
         f"must be in (0, {defences.MAX_LABEL_EPSILON:g}] or inf (off), got {d.label_epsilon}")
   _need(0 < d.delta < 1, "defence.delta", f"must be in (0, 1), got {d.delta}")
   _need(d.target_epsilon >= 0, "defence.target_epsilon",
@@ -262,7 +258,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     values = tuple(getattr(sw, name))
     _need(all(v > 0 for v in values) and len(set(values)) == len(values),
           f"sweep.{name}", f"needs distinct positive values, got {values}")
-  _need(all(map(_label_epsilon_ok, sw.label_epsilons)), "sweep.label_epsilons",
+  _need(all(map(defences.label_epsilon_ok, sw.label_epsilons)), "sweep.label_epsilons",
         f"each must be <= {defences.MAX_LABEL_EPSILON:g} or inf, got {tuple(sw.label_epsilons)}")
   for k in sw.knowledge:
     _need(k in KNOWLEDGE, "sweep.knowledge",

@@ -13,6 +13,7 @@ This module imports no model code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -71,6 +72,12 @@ def chain(*transforms: MessageTransform) -> MessageTransform:
 # (k = 2: 9.9995; k = 5: 10.00006; 1 and 3: +2e-7), 0.01 over at 12, 0.25
 # over at 15 (k = 2), and from about 17 every label is kept (epsilon inf).
 MAX_LABEL_EPSILON = 10.0
+
+
+def label_epsilon_ok(epsilon: float) -> bool:
+  """Whether randomized_response realises epsilon: in (0, MAX_LABEL_EPSILON]
+  or inf (off)."""
+  return epsilon == math.inf or 0 < epsilon <= MAX_LABEL_EPSILON
 
 
 def rr_probabilities(epsilon, num_classes: int, xp=jnp):
