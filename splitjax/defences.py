@@ -84,7 +84,7 @@ def rr_probabilities(epsilon, num_classes: int, xp=jnp):
   """(keep, other): the probability that k-ary randomized response at epsilon
   reports the true label, and that it reports each one other label. epsilon =
   inf gives (1, 0). `xp` is jnp (traceable) or np (float64: accounting and
-  the attacks' posteriors; wrap in np.errstate to hush the inf branch)."""
+  the attacks' posteriors)."""
   e = xp.exp(xp.minimum(epsilon, 80.0))  # no inf / inf; keep is 1.0 long before
   keep = xp.where(xp.isinf(epsilon), 1.0, e / (e + num_classes - 1))
   other = xp.where(xp.isinf(epsilon), 0.0, (1.0 - keep) / max(num_classes - 1, 1))

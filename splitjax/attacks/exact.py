@@ -284,7 +284,7 @@ def label_log_rr(label_epsilon, num_labels: int) -> np.ndarray:
   each setting's epsilon (inf: the identity, log 1 on the diagonal and -inf
   off it), as splitjax.defences.randomized_response draws it."""
   eps = np.asarray(label_epsilon, np.float64).reshape(-1, 1, 1)
-  with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+  with np.errstate(divide="ignore"):  # log 0 off the diagonal at inf
     keep, other = rr_probabilities(eps, num_labels, np)
     probs = np.where(np.eye(num_labels, dtype=bool), keep, other)
     return np.log(probs).astype(np.float32)
