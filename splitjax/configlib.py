@@ -175,10 +175,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   Raises:
     ConfigError: naming the first bad field.
   """
-  from splitjax import data  # The data registry.
+  from splitjax import data  # Its names, sizes and (fixed tables') features.
   from splitjax.attacks.exact import METRICS as EXACT_METRICS
-  _need(config.data.name in data.DATASETS, "data.name",
-        f"unknown data set {config.data.name!r}; known: {list(data.DATASETS)}")
+  data.check(config.data)
   m, t, f = config.model, config.train, config.fsl
   for name in ("server_hidden", "device_hidden"):
     widths = getattr(m, name)

@@ -181,14 +181,20 @@ def _train_cli(args, cwd):
                         timeout=300)
 
 
-def test_cli_bad_input_exits_nonzero_with_one_line_and_no_workdir(tmp_path):
+@pytest.mark.parametrize("config, private", [
+    ("synthetic.py:smoke", "('p_cat_0','shoe_size')"),
+    # A fixed table's feature names are checked before TFDS or a backend logs.
+    ("adult.py:smoke", "('sex','shoe_size')")])
+def test_cli_bad_input_exits_nonzero_with_one_line_and_no_workdir(tmp_path, config,
+                                                                  private):
   workdir = tmp_path / "run"
-  r = _train_cli([f"--config={REPO}/configs/synthetic.py:smoke",
-                  "--config.data.private_features=('p_cat_0','shoe_size')",
+  r = _train_cli([f"--config={REPO}/configs/{config}",
+                  f"--config.data.private_features={private}",
                   f"--workdir={workdir}"], tmp_path)
   assert r.returncode == 2
-  errors = [l for l in r.stderr.splitlines() if l.startswith("splitjax: error:")]
-  assert len(errors) == 1 and "shoe_size" in errors[0]
+  lines = r.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("splitjax: error: "), r.stderr[-2000:]
+  assert "data.private_features: unknown feature 'shoe_size'" in lines[0]
   assert not workdir.exists()
 
 

@@ -12,7 +12,8 @@ import dataclasses
 import numpy as np
 
 from splitjax.data import official, synthetic, user_csv
-from splitjax.data.schema import Arrays, Schema, encode, make_schema, medians_of
+from splitjax.data.schema import (Arrays, Schema, check_features, encode, make_schema,
+                                  medians_of)
 from splitjax.errors import ConfigError, DataError
 
 DATASETS = ("adult", "bank_marketing", "movielens_100k", "synthetic", "csv")
@@ -25,6 +26,26 @@ class Dataset:
   test: Arrays
 
 
+def check(cfg) -> None:
+  """Checks `config.data` without reading a file or starting a backend: the
+  name, the split sizes and, where the columns are fixed (the official and
+  synthetic tables), the feature names. A CSV's are checked when it is read.
+
+  Raises:
+    ConfigError: naming the first bad field.
+  """
+  if cfg.name not in DATASETS:
+    raise ConfigError(f"data.name: unknown data set {cfg.name!r}; known: "
+                      f"{list(DATASETS)}")
+  for field in ("max_train_examples", "max_test_examples"):
+    if getattr(cfg, field) < 0:
+      raise ConfigError(f"data.{field}: must be >= 0 (0 keeps all)")
+  spec = (official.SOURCES[cfg.name].spec if cfg.name in official.SOURCES
+          else synthetic.spec_of(cfg.synthetic) if cfg.name == "synthetic" else None)
+  if spec is not None:
+    check_features(spec, cfg.private_features, cfg.server_features)
+
+
 def load(cfg) -> Dataset:
   """Loads, validates and encodes the data set that `config.data` names.
 
@@ -32,9 +53,7 @@ def load(cfg) -> Dataset:
     ConfigError: unknown data set or feature name, bad split sizes.
     DataError: missing, corrupt or malformed files (naming file and line).
   """
-  if cfg.name not in DATASETS:
-    raise ConfigError(f"data.name: unknown data set {cfg.name!r}; known: "
-                      f"{list(DATASETS)}")
+  check(cfg)
   if cfg.name in official.SOURCES:
     from splitjax.data import builders  # TFDS is imported only when needed.
     tables = builders.load(cfg.name, tfds_dir=cfg.tfds_dir,
@@ -46,12 +65,8 @@ def load(cfg) -> Dataset:
   else:
     spec, tables = user_csv.load(cfg.csv, cfg.private_features)
   train, test = tables["train"], tables["test"]
-  if cfg.max_train_examples < 0:
-    raise ConfigError("data.max_train_examples: must be >= 0 (0 keeps all)")
   if cfg.max_train_examples:
     train = {k: v[:cfg.max_train_examples] for k, v in train.items()}
-  if cfg.max_test_examples < 0:
-    raise ConfigError("data.max_test_examples: must be >= 0 (0 keeps all)")
   if cfg.max_test_examples:
     test = {k: v[:cfg.max_test_examples] for k, v in test.items()}
   schema = make_schema(spec, train, cfg.private_features, cfg.server_features)

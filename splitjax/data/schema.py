@@ -205,6 +205,31 @@ def _parse_cell(cell, col, index, path, line):
   return x
 
 
+def check_features(spec: TableSpec, private_features: Sequence[str],
+                   server_features: Sequence[str]) -> None:
+  """Checks the config's feature names against a table's columns.
+
+  Raises:
+    ConfigError: an unknown feature name, a feature named twice or on both
+      sides, or no feature at all on the server.
+  """
+  names = spec.names
+  for field, chosen in (("data.private_features", private_features),
+                        ("data.server_features", server_features)):
+    for name in chosen:
+      if name not in names:
+        raise ConfigError(f"{field}: unknown feature {name!r} for data set "
+                          f"{spec.name!r}; known: {list(names)}")
+    if len(set(chosen)) != len(chosen):
+      raise ConfigError(f"{field}: a feature is named twice: {list(chosen)}")
+  both = set(private_features) & set(server_features)
+  if both:
+    raise ConfigError(f"data.server_features: {sorted(both)} also in "
+                      "data.private_features")
+  if not server_features and set(names) <= set(private_features):
+    raise ConfigError("data.private_features: leaves no server feature")
+
+
 def make_schema(spec: TableSpec, train: RawTable,
                 private_features: Sequence[str],
                 server_features: Sequence[str]) -> Schema:
@@ -221,26 +246,12 @@ def make_schema(spec: TableSpec, train: RawTable,
     The Schema.
 
   Raises:
-    ConfigError: an unknown feature name, a feature on both sides, or no
-      feature at all on the server.
+    ConfigError: as `check_features`.
   """
+  check_features(spec, private_features, server_features)
   names = spec.names
-  for field, chosen in (("data.private_features", private_features),
-                        ("data.server_features", server_features)):
-    for name in chosen:
-      if name not in names:
-        raise ConfigError(f"{field}: unknown feature {name!r} for data set "
-                          f"{spec.name!r}; known: {list(names)}")
-    if len(set(chosen)) != len(chosen):
-      raise ConfigError(f"{field}: a feature is named twice: {list(chosen)}")
-  both = set(private_features) & set(server_features)
-  if both:
-    raise ConfigError(f"data.server_features: {sorted(both)} also in "
-                      "data.private_features")
   if not server_features:
     server_features = [n for n in names if n not in private_features]
-  if not server_features:
-    raise ConfigError("data.private_features: leaves no server feature")
 
   def feature(name):
     col = spec.column(name)
