@@ -1,5 +1,6 @@
 """The absl plumbing every script shares: --config, --workdir, one-line errors."""
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -82,6 +83,10 @@ def run_app(job: Callable[[object, str], object]) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Off a TPU, jax's first backend start logs at INFO that libtpu is
+    # missing: a line before every one-line error, and noise in every log.
+    # Its warnings (e.g. a GPU without CUDA jaxlib) still show.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
     if distributed.value:
       import jax
       try:

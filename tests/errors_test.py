@@ -260,6 +260,19 @@ def test_cli_unusable_workdir_is_one_line_and_leaves_nothing(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
+def test_cli_missing_data_folder_is_one_line(tmp_path):
+  # A DataError found after the backend started: still the only line (jax's
+  # INFO line about a missing libtpu is hushed).
+  r = _train_cli([f"--config={REPO}/configs/movielens_100k.py:smoke",
+                  f"--config.data.manual_dir={tmp_path / 'nowhere'}",
+                  f"--config.data.tfds_dir={tmp_path / 'tfds'}",
+                  f"--workdir={tmp_path / 'run'}"], tmp_path)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+      f"splitjax: error: {tmp_path / 'nowhere'}: data.manual_dir is not a folder"], r.stderr
+  assert not (tmp_path / "run").exists()
+
+
 def test_benchmark_page_is_not_replaced_unasked(tmp_path, capsys):
   from benchmarks import workloads
   page = tmp_path / "cpu.md"
