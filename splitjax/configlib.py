@@ -220,6 +220,8 @@ def check(config: ml_collections.ConfigDict) -> None:
   for name in a.names:
     _need(name in ATTACKS, "attack.names", f"unknown attack {name!r}; known: "
           f"{list(ATTACKS)}")
+  _need(len(set(a.names)) == len(a.names), "attack.names",
+        f"names an attack twice: {tuple(a.names)}")
   for e in a.epochs:
     _need(1 <= e <= t.num_epochs, "attack.epochs",
           f"epoch {e} is outside 1..train.num_epochs={t.num_epochs}")
@@ -264,6 +266,8 @@ def check(config: ml_collections.ConfigDict) -> None:
           f"unknown {k!r}; known: {list(KNOWLEDGE)}")
     _need(k != "stale" or t.mode == "fsl", "sweep.knowledge",
           "'stale' needs train.mode='fsl' (it is the FedAvg round-start model)")
+  _need(len(set(sw.knowledge)) == len(sw.knowledge), "sweep.knowledge",
+        f"names a setting twice: {tuple(sw.knowledge)}")
   _need(sw.max_view_gb > 0, "sweep.max_view_gb",
         f"must be positive, got {sw.max_view_gb}")
   _need(sw.max_group_size >= 0, "sweep.max_group_size",

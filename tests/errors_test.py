@@ -116,6 +116,12 @@ CASES = {
     "sweep_label_epsilon_past_float32": (
         lambda t: small_config(sweep__label_epsilons=(3.0, 12.0)),
         ConfigError, r"sweep.label_epsilons: each must be <= 10 or inf, got \(3.0, 12.0\)"),
+    "sweep_knowledge_twice": (  # Ran each run twice, rows doubled, until 2026-12-05.
+        lambda t: small_config(sweep__knowledge=("white_box", "white_box")),
+        ConfigError, r"sweep.knowledge: names a setting twice: \('white_box', 'white_box'\)"),
+    "attack_named_twice": (
+        lambda t: small_config(attack__names=("prior", "exact", "exact")),
+        ConfigError, r"attack.names: names an attack twice: \('prior', 'exact', 'exact'\)"),
     "stale_without_fsl": (
         lambda t: small_config(view__knowledge="stale"),
         ConfigError, r"view.knowledge: 'stale' needs train.mode='fsl'"),
