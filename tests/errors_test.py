@@ -39,6 +39,14 @@ def _csv(tmp_path, body, header="a,b,c,y"):
   return c
 
 
+def _csv_absent(tmp_path, private_features):
+  """A CSV config whose file does not exist."""
+  c = _csv(tmp_path, GOOD_ROWS)
+  c.data.csv.path = str(tmp_path / "absent.csv")
+  c.data.private_features = private_features
+  return c
+
+
 def _gz(c, content: bytes):
   """The CSV config `c`, pointed at a `.gz` file holding `content`."""
   c.data.csv.path += ".gz"
@@ -94,6 +102,10 @@ CASES = {
     "unknown_feature": (
         lambda t: small_config(data__private_features=("p_cat_0", "shoe_size")),
         ConfigError, r"data.private_features: unknown feature 'shoe_size'"),
+    "csv_unknown_feature_before_reading": (  # Its declared columns suffice.
+        lambda t: _csv_absent(t, ("b", "shoe_size")),
+        ConfigError, r"data.private_features: unknown feature 'shoe_size' for data set "
+                     r"'csv'; known: \['a', 'b', 'c'\]"),
     "unknown_dataset": (
         lambda t: small_config("adultt"),
         ConfigError, r"data.name: unknown data set 'adultt'"),

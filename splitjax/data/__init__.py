@@ -28,8 +28,9 @@ class Dataset:
 
 def check(cfg) -> None:
   """Checks `config.data` without reading a file or starting a backend: the
-  name, the split sizes and, where the columns are fixed (the official and
-  synthetic tables), the feature names. A CSV's are checked when it is read.
+  name, the split sizes and the feature names against the columns (fixed in
+  code for the official and synthetic tables, declared in `data.csv` for a
+  CSV, whose header is checked against them when it is read).
 
   Raises:
     ConfigError: naming the first bad field.
@@ -40,10 +41,13 @@ def check(cfg) -> None:
   for field in ("max_train_examples", "max_test_examples"):
     if getattr(cfg, field) < 0:
       raise ConfigError(f"data.{field}: must be >= 0 (0 keeps all)")
-  spec = (official.SOURCES[cfg.name].spec if cfg.name in official.SOURCES
-          else synthetic.spec_of(cfg.synthetic) if cfg.name == "synthetic" else None)
-  if spec is not None:
-    check_features(spec, cfg.private_features, cfg.server_features)
+  if cfg.name in official.SOURCES:
+    names = official.SOURCES[cfg.name].spec.names
+  elif cfg.name == "synthetic":
+    names = synthetic.spec_of(cfg.synthetic).names
+  else:
+    names = user_csv.declared_features(cfg.csv)
+  check_features(cfg.name, names, cfg.private_features, cfg.server_features)
 
 
 def load(cfg) -> Dataset:

@@ -205,21 +205,21 @@ def _parse_cell(cell, col, index, path, line):
   return x
 
 
-def check_features(spec: TableSpec, private_features: Sequence[str],
+def check_features(table: str, names: Sequence[str], private_features: Sequence[str],
                    server_features: Sequence[str]) -> None:
-  """Checks the config's feature names against a table's columns.
+  """Checks the config's feature names against the columns `names` of the
+  data set `table`.
 
   Raises:
     ConfigError: an unknown feature name, a feature named twice or on both
       sides, or no feature at all on the server.
   """
-  names = spec.names
   for field, chosen in (("data.private_features", private_features),
                         ("data.server_features", server_features)):
     for name in chosen:
       if name not in names:
         raise ConfigError(f"{field}: unknown feature {name!r} for data set "
-                          f"{spec.name!r}; known: {list(names)}")
+                          f"{table!r}; known: {list(names)}")
     if len(set(chosen)) != len(chosen):
       raise ConfigError(f"{field}: a feature is named twice: {list(chosen)}")
   both = set(private_features) & set(server_features)
@@ -248,8 +248,8 @@ def make_schema(spec: TableSpec, train: RawTable,
   Raises:
     ConfigError: as `check_features`.
   """
-  check_features(spec, private_features, server_features)
   names = spec.names
+  check_features(spec.name, names, private_features, server_features)
   if not server_features:
     server_features = [n for n in names if n not in private_features]
 

@@ -35,21 +35,32 @@ def _read_text(path: str) -> str:
     return raw.decode("latin-1")
 
 
+def declared_features(cfg) -> tuple[str, ...]:
+  """The feature columns `config.data.csv` declares (categorical, then
+  numeric), checked without reading the file.
+
+  Raises:
+    ConfigError: no file or no label column named.
+  """
+  if not cfg.path:
+    raise ConfigError("data.csv.path: empty; name the CSV file to read")
+  if not cfg.label:
+    raise ConfigError("data.csv.label: empty; name the label column")
+  return (*cfg.categorical, *cfg.numeric)
+
+
 def load(cfg, private_features) -> tuple[TableSpec, dict[str, RawTable]]:
   """Reads and validates `config.data.csv`.
 
   Raises:
-    ConfigError: a declared column is not in the header, or a header column
-      is not declared.
+    ConfigError: as `declared_features`; a declared column is not in the
+      header, or a header column is not declared.
     DataError: the file is missing, or a cell is bad (file, line, column).
   """
+  declared_features(cfg)
   path = os.path.expanduser(cfg.path)
-  if not cfg.path:
-    raise ConfigError("data.csv.path: empty; name the CSV file to read")
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found (data.csv.path)")
-  if not cfg.label:
-    raise ConfigError("data.csv.label: empty; name the label column")
   rows = list(csv.reader(io.StringIO(_read_text(path), newline=""),
                          delimiter=cfg.delimiter))
   if not rows:
