@@ -235,6 +235,9 @@ def make_schema(spec: TableSpec, train: RawTable,
                 server_features: Sequence[str]) -> Schema:
   """Assigns features to the two sides and fits normalisation on `train`.
 
+  The names must have passed `check_features` (`data.check` does that
+  before any file is read).
+
   Args:
     spec: the raw table's spec.
     train: the training split (statistics come from it alone).
@@ -244,12 +247,8 @@ def make_schema(spec: TableSpec, train: RawTable,
 
   Returns:
     The Schema.
-
-  Raises:
-    ConfigError: as `check_features`.
   """
   names = spec.names
-  check_features(spec.name, names, private_features, server_features)
   if not server_features:
     server_features = [n for n in names if n not in private_features]
 

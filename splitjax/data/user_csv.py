@@ -50,14 +50,14 @@ def declared_features(cfg) -> tuple[str, ...]:
 
 
 def load(cfg, private_features) -> tuple[TableSpec, dict[str, RawTable]]:
-  """Reads and validates `config.data.csv`.
+  """Reads and validates `config.data.csv` (after `declared_features`, which
+  `data.check` calls).
 
   Raises:
-    ConfigError: as `declared_features`; a declared column is not in the
-      header, or a header column is not declared.
+    ConfigError: a declared column is not in the header, or a header column
+      is not declared.
     DataError: the file is missing, or a cell is bad (file, line, column).
   """
-  declared_features(cfg)
   path = os.path.expanduser(cfg.path)
   if not os.path.isfile(path):
     raise DataError(f"{path}: file not found (data.csv.path)")
