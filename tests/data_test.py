@@ -34,6 +34,14 @@ def test_adult_packaged_rows_match_official_files(adult_tables):
   assert int(train[LABEL].sum()) == 7841
 
 
+
+def test_prepared_dir_is_where_tfds_prepares(adult_tables, tfds_dir):
+  # `load` reads the files before TFDS only where this folder is missing.
+  files = official.find_files(official.ADULT_SOURCE, official.packaged_dir(), True)
+  builder = builders.Adult(files=files, data_dir=tfds_dir)
+  assert builder.data_dir == builders.Adult.prepared_dir(tfds_dir, files)
+  assert os.path.isdir(builder.data_dir)
+
 def test_fast_decoder_matches_tfds_decoder(adult_tables, tfds_dir):
   files = official.find_files(official.ADULT_SOURCE, official.packaged_dir(), True)
   source = builders.Adult(files=files, data_dir=tfds_dir).as_data_source("test")

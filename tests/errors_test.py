@@ -291,6 +291,23 @@ def test_cli_missing_data_folder_is_one_line(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+
+def test_cli_bad_row_is_one_line_before_tfds_prepares(tmp_path):
+  # The files are read before TFDS prepares them, so its preparation lines
+  # and its custom-config warning do not come before the error.
+  folder = _adult_copy(tmp_path / "d", (4, "Male", "Mail"))
+  r = _train_cli([f"--config={REPO}/configs/adult.py:smoke",
+                  f"--config.data.manual_dir={folder}",
+                  "--config.data.verify_checksums=False",
+                  f"--config.data.tfds_dir={tmp_path / 'tfds'}",
+                  f"--workdir={tmp_path / 'run'}"], tmp_path)
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+      f"splitjax: error: {folder}/adult.data, line 4, column 'sex': 'Mail' is not "
+      "in the vocabulary ['Female', 'Male']"], r.stderr
+  assert r.stdout == ""
+  assert not (tmp_path / "run").exists() and not (tmp_path / "tfds").exists()
+
 def test_benchmark_page_is_not_replaced_unasked(tmp_path, capsys):
   from benchmarks import workloads
   page = tmp_path / "cpu.md"

@@ -11,7 +11,8 @@ Sources, in order of preference:
 - the official archive, through the TFDS download manager.
 
 Every file's md5 is checked against the official one before anything is
-written, unless `verify_checksums` is off. The builder config's name is a hash
+written, unless `verify_checksums` is off, and local files are read (a bad
+row named by file and line) before TFDS starts preparing them. The builder config's name is a hash
 of the files' md5s, so a modified copy never reuses the cache of another.
 TFDS prepares into an `incomplete.*` folder and renames it only on success, so
 a failed build leaves no half-written cache.
@@ -20,6 +21,7 @@ a failed build leaves no half-written cache.
 from __future__ import annotations
 
 import hashlib
+import logging as std_logging
 import os
 
 from absl import logging
@@ -41,20 +43,27 @@ class OfficialBuilder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
 
-  def __init__(self, *, files: dict[str, str] | None, **kwargs):
+  def __init__(self, *, files: dict[str, str] | None,
+               tables: dict[str, RawTable] | None = None, **kwargs):
     """Creates the builder.
 
     Args:
       files: official file name -> path of verified files, or None to
         download the official archive.
+      tables: the files already read (`SOURCE.read(files)`), or None to read
+        them when preparing.
       **kwargs: passed to tfds.core.GeneratorBasedBuilder (`data_dir`).
     """
     self._files = files
-    md5s = [self.SOURCE.md5[n] if files is None else official.file_md5(files[n])
-            for n in sorted(self.SOURCE.md5)]
-    digest = hashlib.sha256(" ".join(md5s).encode()).hexdigest()[:12]
-    config = tfds.core.BuilderConfig(name="files_" + digest)
+    self._tables = tables
+    config = tfds.core.BuilderConfig(name=config_name(self.SOURCE, files))
     super().__init__(config=config, file_format="array_record", **kwargs)
+
+  @classmethod
+  def prepared_dir(cls, data_dir: str, files: dict[str, str] | None) -> str:
+    """Where TFDS keeps this builder's prepared data (`builder.data_dir`)."""
+    return os.path.join(data_dir, cls.name, config_name(cls.SOURCE, files),
+                        str(cls.VERSION))
 
   def _info(self) -> tfds.core.DatasetInfo:
     spec = self.SOURCE.spec
@@ -70,10 +79,12 @@ class OfficialBuilder(tfds.core.GeneratorBasedBuilder):
         homepage=next(iter(self.SOURCE.url.values())))
 
   def _split_generators(self, dl_manager):
-    files = self._files
-    if files is None:
-      files = _download(self.SOURCE, dl_manager)
-    tables = self.SOURCE.read(files)
+    tables = self._tables
+    if tables is None:
+      files = self._files
+      if files is None:
+        files = _download(self.SOURCE, dl_manager)
+      tables = self.SOURCE.read(files)
     return {split: self._generate_examples(table)
             for split, table in tables.items()}
 
@@ -99,6 +110,24 @@ class Movielens100k(OfficialBuilder):
 
 
 BUILDERS = {b.SOURCE.spec.name: b for b in (Adult, BankMarketing, Movielens100k)}
+
+
+def config_name(source: official.OfficialSource, files: dict[str, str] | None) -> str:
+  """The builder config's name: a hash of the files' md5s (official if None)."""
+  md5s = [source.md5[n] if files is None else official.file_md5(files[n])
+          for n in sorted(source.md5)]
+  return "files_" + hashlib.sha256(" ".join(md5s).encode()).hexdigest()[:12]
+
+
+class _HushCustomConfig(std_logging.Filter):
+  """Drops TFDS's warning that a builder config is custom: ours always are
+  (named by the files' md5s), and the line opened every log."""
+
+  def filter(self, record):
+    return not str(record.msg).startswith("Using custom data configuration")
+
+
+std_logging.getLogger("absl").addFilter(_HushCustomConfig())
 
 
 def _download(source, dl_manager) -> dict[str, str]:
@@ -165,7 +194,12 @@ def load(name: str, *, tfds_dir: str, manual_dir: str,
     probe = os.path.dirname(probe)
   if probe and not os.path.isdir(probe):
     raise DataError(f"{probe}: data.tfds_dir ({tfds_dir}) is not a folder")
-  builder = BUILDERS[name](files=files, data_dir=data_dir)
+  cls = BUILDERS[name]
+  tables = None
+  if files is not None and not os.path.isdir(cls.prepared_dir(data_dir, files)):
+    # A bad row fails here, as the only line, before TFDS prints anything.
+    tables = source.read(files)
+  builder = cls(files=files, tables=tables, data_dir=data_dir)
   if not os.path.isdir(builder.data_dir):
     logging.info("preparing %s once into %s", name, builder.data_dir)
   tfds.disable_progress_bar()
