@@ -11,7 +11,9 @@ probability at most 1 - f(kappa).
 - Randomized response (eps-DP): f(a) = max(0, 1 - e^eps a, e^-eps (1 - a)).
 
 With a per-record prior, each record's kappa_i (the prior's probability of its
-most likely value) gives a ceiling and the ceilings are averaged. With label
+most likely value) gives a ceiling and the ceilings are averaged. The prior
+is estimated, so its kappa is held to what a guess without the mechanism's
+output measurably achieves (`kappa_of`). With label
 DP the label's ceiling is the tighter of the two. A measured accuracy whose
 95 % Wilson interval lies wholly above its ceiling is a violation: a bug in
 the mechanism, the accountant or the attack.
@@ -50,6 +52,42 @@ from splitjax.errors import SplitjaxError
 
 class AuditViolation(SplitjaxError):
   """An attack beat the ceiling its mechanism allows."""
+
+
+def kappa_of(log_probs: np.ndarray, accuracy: float, mask: np.ndarray) -> np.ndarray:
+  """kappa_i, each record's prior success max_v p_i(v), from a prior's log
+  probabilities [N, V]; sharpened where they fall short of `accuracy`.
+
+  kappa is the success of the best guess from the prior alone, so on the
+  records `mask` its mean can be no lower than the measured accuracy of any
+  guess made without the mechanism's output (`accuracy`: the best such
+  guess the evaluator has). An underconfident estimate would put the
+  ceiling under that guess's own accuracy once mu is small: a baseline that
+  reads no message would then fail the audit (Adult's sex at sigma = 1000:
+  mean top probability 0.711 against the server model's 0.737). The
+  probabilities are then sharpened, p_i ~ p_i^(1/T), with the largest
+  T < 1 whose mean kappa on `mask` reaches `accuracy` (each record's most
+  likely value stays the same); otherwise they are taken as they are.
+  """
+  z = np.asarray(log_probs, np.float64)
+  z = z - z.max(-1, keepdims=True)
+
+  def at(t):  # max softmax(z / t) = 1 / sum exp(z / t), as z's max is 0
+    return 1.0 / np.exp(z / t).sum(-1)
+
+  kappa = at(1.0)
+  if not mask.any() or kappa[mask].mean() >= accuracy:
+    return kappa
+  lo, hi = -12.0, 0.0  # log T: lo reaches it (unless ties cap kappa), hi does not
+  if at(math.exp(lo))[mask].mean() < accuracy:
+    return at(math.exp(lo))
+  for _ in range(50):
+    mid = (lo + hi) / 2
+    if at(math.exp(mid))[mask].mean() >= accuracy:
+      lo = mid
+    else:
+      hi = mid
+  return at(math.exp(lo))
 
 
 def gaussian_ceiling(kappa: np.ndarray, mu: float) -> float:

@@ -152,7 +152,9 @@ class AttackContext:
   space: knowledge.CandidateSpace | None
   prior_pred: baselines.Prediction
   server_model: baselines.Prediction
-  kappa: dict[str, np.ndarray]
+  server_confidence: dict[str, np.ndarray]  # its own top probability [N]
+  kappa: dict[str, np.ndarray]  # the audit's prior kappa_i [N] (audit.kappa_of)
+  best_guess: dict[str, float]  # the baselines' best accuracy on the targets
   names: tuple[str, ...]  # the attacks to run
 
   @functools.cached_property
@@ -174,7 +176,8 @@ class AttackContext:
   @functools.cached_property
   def label_kappa_given_private(self) -> np.ndarray:
     """The label-DP ceiling's prior (audit), from the records' own x_p."""
-    return label_kappa_given_private(self.truth, self.label_given_private)
+    return label_kappa_given_private(self.truth, self.label_given_private, self.targets,
+                                     self.best_guess["label"])
 
   @property
   def num_records(self) -> int:
@@ -201,26 +204,40 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
                                    config.attack.aux_seed)
   vocab = [f.vocab_size for f in schema.private_categorical]
   prior_pred = baselines.prior(aux, n, vocab, schema.num_classes)
-  # The server model is always fitted: its confidences are the attacker's
+  # The server model is always fitted: its probabilities are the attacker's
   # per-record prior kappa_i for the audit's ceilings.
   sm = baselines.server_model(aux, server, vocab,
                               [f.vocab_size for f in schema.server_categorical],
                               schema.num_classes,
                               **fit_args(config.attack.server_model, config.attack.aux_seed))
-  kappa = {f.name: np.exp(np.asarray(t).max(-1))
-           for f, t in zip(schema.private_categorical, sm.log_probs[0])}
-  kappa["label"] = np.exp(np.asarray(sm.log_probs[1]).max(-1))
+  log_probs = {f.name: np.asarray(t) for f, t in zip(schema.private_categorical,
+                                                      sm.log_probs[0])}
+  log_probs["label"] = np.asarray(sm.log_probs[1])
+  confidence = {k: np.exp(v.max(-1)) for k, v in log_probs.items()}
   # The ceilings are as fair as kappa is calibrated: say how it fares on the
-  # targets (the evaluator's truth; no attack reads this).
+  # targets, and raise it to the baselines' accuracy there where it falls
+  # short (the evaluator's truth; no attack reads this).
   fit = score(schema, dataset.train, None, targets, sm.cat, sm.num, sm.label,
-              confidence=kappa)
+              confidence=confidence)
+  guess = score(schema, dataset.train, None, targets, prior_pred.cat, prior_pred.num,
+                prior_pred.label)
+  best = {k: max(e["accuracy"], (guess["label"] if k == "label"
+                                 else guess["features"][k])["accuracy"])
+          for k, e in [*fit["features"].items(), ("label", fit["label"])]
+          if "accuracy" in e}
+  kappa = {k: audit.kappa_of(v, best[k], targets) for k, v in log_probs.items()}
   logging.info("server model (the audit's prior kappa) on the %d target records, "
                "mean kappa / accuracy: %s", targets.sum(), ", ".join(
                    f"{k} {e['mean_confidence']:.3f}/{e['accuracy']:.3f}"
                    for k, e in [*fit["features"].items(), ("label", fit["label"])]
                    if "mean_confidence" in e))
+  raised = [f"{k} {confidence[k][targets].mean():.3f} -> {kappa[k][targets].mean():.3f}"
+            for k in kappa if kappa[k][targets].mean() > confidence[k][targets].mean()]
+  if raised:
+    logging.info("the audit's kappa, sharpened to the baselines' accuracy: %s",
+                 ", ".join(raised))
   return AttackContext(config, schema, model, dataset.train, server, aux, targets,
-                       space, prior_pred, sm, kappa, names)
+                       space, prior_pred, sm, confidence, kappa, best, names)
 
 
 def fit_args(server_model_config, seed: int) -> dict:
@@ -243,17 +260,23 @@ def fit_label_given_private(aux: knowledge.AuxSample, schema, server_model_confi
       **fit_args(server_model_config, seed))
 
 
-def label_kappa_given_private(records: Arrays, clf: baselines.Classifier) -> np.ndarray:
+def label_kappa_given_private(records: Arrays, clf: baselines.Classifier,
+                              mask: np.ndarray | None = None,
+                              accuracy: float = 0.0) -> np.ndarray:
   """kappa_i of the label given x_s and x_p, for every record [N]: the
   randomized-response ceiling's prior (splitjax/audit.py), from
-  `fit_label_given_private`'s classifier.
+  `fit_label_given_private`'s classifier, sharpened (`audit.kappa_of`) where
+  its mean on `mask` (default all) falls short of its own accuracy there or
+  of `accuracy` (the baselines').
 
-  It reads the records' own x_p: it is the audit's prior, fixed by the
-  evaluator, and never reaches an attack.
+  It reads the records' own x_p and labels: it is the audit's prior, fixed
+  by the evaluator, and never reaches an attack.
   """
-  label = baselines.predict_label_given_private(
-      clf, (records.x_s_cat, records.x_s_num), (records.x_p_cat, records.x_p_num))
-  return np.exp(np.asarray(label).max(-1))
+  log_p = np.asarray(baselines.predict_label_given_private(
+      clf, (records.x_s_cat, records.x_s_num), (records.x_p_cat, records.x_p_num)))
+  mask = np.ones(len(log_p), bool) if mask is None else mask
+  own = float((log_p.argmax(-1) == records.y)[mask].mean()) if mask.any() else 0.0
+  return audit.kappa_of(log_p, max(own, accuracy), mask)
 
 
 def attack_settings(ctx: AttackContext, views: list, select: list[int],
@@ -396,7 +419,7 @@ def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy) -> dict:
   if "server_model" in names:
     sm = ctx.server_model
     per["server_model"] = score(*args, sm.cat, sm.num, sm.label, prior_scores,
-                                confidence=ctx.kappa)
+                                confidence=ctx.server_confidence)
   if "exact" in names:
     r = ex_res.exact(s, epoch)
     per["exact"] = score(schema, truth, noisy, mask & r.seen,

@@ -3,6 +3,7 @@
 import math
 import types
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -74,6 +75,53 @@ def test_label_dp_ceiling_takes_the_prior_given_the_private_features():
   assert not reads_x_p["violation"]
   assert audit.check(1.0, n, audit.dp_ceiling(given_server, 0.0))["violation"]
 
+
+
+def test_kappa_of_sharpens_an_underconfident_prior_to_the_accuracy():
+  rng = np.random.default_rng(0)
+  log_p = np.log(rng.dirichlet(np.ones(4), 2000))
+  mask = rng.random(2000) < 0.7
+  raw = np.exp(log_p.max(-1))
+  # Confident enough already: kept as it is, whatever the other records hold.
+  np.testing.assert_allclose(audit.kappa_of(log_p, raw[mask].mean() - 0.01, mask), raw,
+                             rtol=1e-12)
+  # Short of the accuracy on the masked records: sharpened until it reaches it.
+  k = audit.kappa_of(log_p, 0.8, mask)
+  assert 0.8 <= k[mask].mean() < 0.8 + 1e-9
+  assert np.all(k >= raw - 1e-12)
+  # Ties cap it: a uniform prior cannot be sharpened.
+  flat = np.full((10, 4), np.log(0.25))
+  np.testing.assert_allclose(audit.kappa_of(flat, 0.9, np.ones(10, bool)), 0.25)
+
+
+def test_an_underconfident_prior_does_not_fail_a_baseline_at_huge_sigma(tmp_path,
+                                                                         monkeypatch):
+  """At sigma = 1e6 the ceilings are kappa's mean. The server model, which
+  reads no message, made underconfident here (its log-probabilities scaled
+  by 0.2: same guesses, flatter probabilities), would fail the audit if
+  kappa were its top probability; kappa is raised to its accuracy."""
+  from splitjax.attacks import baselines
+  real = baselines.server_model
+
+  def flat(*args, **kwargs):
+    r = real(*args, **kwargs)
+    soften = lambda t: jax.nn.log_softmax(0.2 * jnp.asarray(t), -1)
+    return r._replace(log_probs=([soften(t) for t in r.log_probs[0]],
+                                 soften(r.log_probs[1])))
+
+  monkeypatch.setattr(baselines, "server_model", flat)
+  c = small_config(data__synthetic__num_examples=1600, defence__clip=True,
+                   defence__noise=True, defence__noise_multiplier=1e6)
+  c.attack.names = ("prior", "server_model")
+  c.attack.server_model.num_steps = 100
+  out = evaluation.run(c, str(tmp_path / "run"))
+  assert out["audit_violations"] == []
+  last = out["epochs"]["2"]
+  sm = last["server_model"]
+  for name in ("p_cat_0", "p_cat_1"):
+    f = sm["features"][name]
+    assert f["mean_confidence"] < f["accuracy"] - 0.05  # underconfident indeed
+    assert last["ceilings"][name] >= f["accuracy"] - 1e-6
 
 def test_planted_cheat_is_flagged_and_honest_is_not():
   ceiling = audit.gaussian_ceiling(np.full(1000, 0.5), 2 * math.sqrt(3) / 4)  # sigma 4, E 3
