@@ -231,8 +231,8 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
                    f"{k} {e['mean_confidence']:.3f}/{e['accuracy']:.3f}"
                    for k, e in [*fit["features"].items(), ("label", fit["label"])]
                    if "mean_confidence" in e))
-  raised = [f"{k} {confidence[k][targets].mean():.3f} -> {kappa[k][targets].mean():.3f}"
-            for k in kappa if kappa[k][targets].mean() > confidence[k][targets].mean()]
+  raised = [f"{k} {confidence[k][targets].mean():.4f} -> {kappa[k][targets].mean():.4f}"
+            for k in kappa if kappa[k][targets].mean() > confidence[k][targets].mean() + 1e-6]
   if raised:
     logging.info("the audit's kappa, sharpened to the baselines' accuracy: %s",
                  ", ".join(raised))
