@@ -221,10 +221,9 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
               confidence=confidence)
   guess = score(schema, dataset.train, None, targets, prior_pred.cat, prior_pred.num,
                 prior_pred.label)
-  best = {k: max(e["accuracy"], (guess["label"] if k == "label"
-                                 else guess["features"][k])["accuracy"])
-          for k, e in [*fit["features"].items(), ("label", fit["label"])]
-          if "accuracy" in e}
+  accuracy = lambda scores, k: (scores["label"] if k == "label"
+                                else scores["features"][k])["accuracy"]
+  best = {k: max(accuracy(fit, k), accuracy(guess, k)) for k in log_probs}
   kappa = {k: audit.kappa_of(v, best[k], targets) for k, v in log_probs.items()}
   logging.info("server model (the audit's prior kappa) on the %d target records, "
                "mean kappa / accuracy: %s", targets.sum(), ", ".join(

@@ -12,8 +12,9 @@ Sources, in order of preference:
 
 Every file's md5 is checked against the official one before anything is
 written, unless `verify_checksums` is off, and local files are read (a bad
-row named by file and line) before TFDS starts preparing them. The builder config's name is a hash
-of the files' md5s, so a modified copy never reuses the cache of another.
+row named by file and line) before TFDS starts preparing them. The builder
+config's name is a hash of the files' md5s, so a modified copy never reuses
+the cache of another.
 TFDS prepares into an `incomplete.*` folder and renames it only on success, so
 a failed build leaves no half-written cache.
 """
