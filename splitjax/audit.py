@@ -79,8 +79,9 @@ def kappa_of(log_probs: np.ndarray, accuracy: float, mask: np.ndarray) -> np.nda
   if not mask.any() or kappa[mask].mean() >= accuracy:
     return kappa
   lo, hi = -12.0, 0.0  # log T: lo reaches it (unless ties cap kappa), hi does not
-  if at(math.exp(lo))[mask].mean() < accuracy:
-    return at(math.exp(lo))
+  sharpest = at(math.exp(lo))
+  if sharpest[mask].mean() < accuracy:
+    return sharpest
   for _ in range(50):
     mid = (lo + hi) / 2
     if at(math.exp(mid))[mask].mean() >= accuracy:

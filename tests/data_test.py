@@ -1,5 +1,6 @@
 """Data: official readers through TFDS, synthetic, CSV, schema and encoding."""
 
+import dataclasses
 import gzip
 import os
 import subprocess
@@ -35,12 +36,20 @@ def test_adult_packaged_rows_match_official_files(adult_tables):
 
 
 
-def test_prepared_dir_is_where_tfds_prepares(adult_tables, tfds_dir):
-  # `load` reads the files before TFDS only where this folder is missing.
+def test_a_prepared_copy_is_not_read_again(adult_tables, tfds_dir, monkeypatch):
+  # `load` reads the files before TFDS only where the prepared folder is
+  # missing; once prepared, the cache alone is read.
   files = official.find_files(official.ADULT_SOURCE, official.packaged_dir(), True)
   builder = builders.Adult(files=files, data_dir=tfds_dir)
-  assert builder.data_dir == builders.Adult.prepared_dir(tfds_dir, files)
   assert os.path.isdir(builder.data_dir)
+
+  def no_read(_):
+    raise AssertionError("the files were read again")
+
+  monkeypatch.setattr(builders.Adult, "SOURCE",
+                      dataclasses.replace(builders.Adult.SOURCE, read=no_read))
+  again = builders.load("adult", tfds_dir=tfds_dir, manual_dir="", verify_checksums=True)
+  np.testing.assert_array_equal(again["train"][LABEL], adult_tables["train"][LABEL])
 
 def test_fast_decoder_matches_tfds_decoder(adult_tables, tfds_dir):
   files = official.find_files(official.ADULT_SOURCE, official.packaged_dir(), True)

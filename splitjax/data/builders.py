@@ -44,27 +44,26 @@ class OfficialBuilder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
 
-  def __init__(self, *, files: dict[str, str] | None,
-               tables: dict[str, RawTable] | None = None, **kwargs):
+  def __init__(self, *, files: dict[str, str] | None, **kwargs):
     """Creates the builder.
 
     Args:
       files: official file name -> path of verified files, or None to
         download the official archive.
-      tables: the files already read (`SOURCE.read(files)`), or None to read
-        them when preparing.
       **kwargs: passed to tfds.core.GeneratorBasedBuilder (`data_dir`).
     """
     self._files = files
-    self._tables = tables
-    config = tfds.core.BuilderConfig(name=config_name(self.SOURCE, files))
+    self._tables = None
+    md5s = [self.SOURCE.md5[n] if files is None else official.file_md5(files[n])
+            for n in sorted(self.SOURCE.md5)]
+    digest = hashlib.sha256(" ".join(md5s).encode()).hexdigest()[:12]
+    config = tfds.core.BuilderConfig(name="files_" + digest)
     super().__init__(config=config, file_format="array_record", **kwargs)
 
-  @classmethod
-  def prepared_dir(cls, data_dir: str, files: dict[str, str] | None) -> str:
-    """Where TFDS keeps this builder's prepared data (`builder.data_dir`)."""
-    return os.path.join(data_dir, cls.name, config_name(cls.SOURCE, files),
-                        str(cls.VERSION))
+  def read_files(self) -> None:
+    """Reads the local files now (a bad row raises its DataError here);
+    preparing then uses what was read."""
+    self._tables = self.SOURCE.read(self._files)
 
   def _info(self) -> tfds.core.DatasetInfo:
     spec = self.SOURCE.spec
@@ -111,13 +110,6 @@ class Movielens100k(OfficialBuilder):
 
 
 BUILDERS = {b.SOURCE.spec.name: b for b in (Adult, BankMarketing, Movielens100k)}
-
-
-def config_name(source: official.OfficialSource, files: dict[str, str] | None) -> str:
-  """The builder config's name: a hash of the files' md5s (official if None)."""
-  md5s = [source.md5[n] if files is None else official.file_md5(files[n])
-          for n in sorted(source.md5)]
-  return "files_" + hashlib.sha256(" ".join(md5s).encode()).hexdigest()[:12]
 
 
 class _HushCustomConfig(std_logging.Filter):
@@ -195,13 +187,10 @@ def load(name: str, *, tfds_dir: str, manual_dir: str,
     probe = os.path.dirname(probe)
   if probe and not os.path.isdir(probe):
     raise DataError(f"{probe}: data.tfds_dir ({tfds_dir}) is not a folder")
-  cls = BUILDERS[name]
-  tables = None
-  if files is not None and not os.path.isdir(cls.prepared_dir(data_dir, files)):
-    # A bad row fails here, as the only line, before TFDS prints anything.
-    tables = source.read(files)
-  builder = cls(files=files, tables=tables, data_dir=data_dir)
+  builder = BUILDERS[name](files=files, data_dir=data_dir)
   if not os.path.isdir(builder.data_dir):
+    if files is not None:  # A bad row fails here, as the only line, before TFDS prints.
+      builder.read_files()
     logging.info("preparing %s once into %s", name, builder.data_dir)
   tfds.disable_progress_bar()
   try:
