@@ -123,6 +123,41 @@ def test_an_underconfident_prior_does_not_fail_a_baseline_at_huge_sigma(tmp_path
     assert f["mean_confidence"] < f["accuracy"] - 0.05  # underconfident indeed
     assert last["ceilings"][name] >= f["accuracy"] - 1e-6
 
+
+def test_bayes_prior_alone_holds_kappa_at_huge_sigma(tmp_path, monkeypatch):
+  """At sigma = 1e6 Bayesian EXACT is its prior alone. With the server
+  model's guesses scrambled (each record handed the next one's), the 'chain'
+  prior, fitted apart from it, guesses better than both baselines: kappa is
+  held to that prior-only guess too, or the audit would flag an attack that
+  reads nothing."""
+  from splitjax.attacks import baselines
+  real = baselines.server_model
+
+  def scrambled(*args, **kwargs):
+    r = real(*args, **kwargs)
+    roll = lambda t: np.roll(np.asarray(t), 1, 0)
+    return baselines.Prediction(roll(r.cat), r.num, roll(r.label),
+                                ([roll(t) for t in r.log_probs[0]], roll(r.log_probs[1])))
+
+  monkeypatch.setattr(baselines, "server_model", scrambled)
+  c = small_config(data__synthetic__num_examples=1600, defence__clip=True,
+                   defence__noise=True, defence__noise_multiplier=1e6)
+  c.train.num_epochs = 1
+  c.attack.names = ("prior", "server_model", "bayes_exact")
+  c.attack.bayes.prior = "chain"
+  c.attack.server_model.num_steps = 100
+  out = evaluation.run(c, str(tmp_path / "run"))
+  assert out["audit_violations"] == []
+  last = out["epochs"]["1"]
+  beaten = 0
+  for name in ("p_cat_0", "p_cat_1", "label"):
+    get = lambda m: m["label"] if name == "label" else m["features"][name]
+    bayes = get(last["bayes_exact"])["accuracy"]
+    beaten += bayes > max(get(last[b])["accuracy"] for b in ("prior", "server_model")) + 0.02
+    assert last["ceilings"][name] >= bayes - 0.02
+  assert beaten  # the case this guards: Bayes's prior beats both baselines
+
+
 def test_planted_cheat_is_flagged_and_honest_is_not():
   ceiling = audit.gaussian_ceiling(np.full(1000, 0.5), 2 * math.sqrt(3) / 4)  # sigma 4, E 3
   assert audit.check(1.0, 1000, ceiling)["violation"]
