@@ -224,6 +224,11 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
   accuracy = lambda scores, k: (scores["label"] if k == "label"
                                 else scores["features"][k])["accuracy"]
   best = {k: max(accuracy(fit, k), accuracy(guess, k)) for k in log_probs}
+  logging.info("server model (the audit's prior kappa) on the %d target records, "
+               "mean kappa / accuracy: %s", targets.sum(), ", ".join(
+                   f"{k} {e['mean_confidence']:.3f}/{e['accuracy']:.3f}"
+                   for k, e in [*fit["features"].items(), ("label", fit["label"])]
+                   if "mean_confidence" in e))
   ctx = AttackContext(config, schema, model, dataset.train, server, aux, targets,
                       space, prior_pred, sm, confidence, {}, best, names)
   if "bayes_exact" in names and config.attack.bayes.prior != "uniform":
@@ -238,11 +243,6 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
                  ", ".join(f"{k} {accuracy(alone, k):.4f}" for k in log_probs))
   kappa = ctx.kappa
   kappa.update({k: audit.kappa_of(v, best[k], targets) for k, v in log_probs.items()})
-  logging.info("server model (the audit's prior kappa) on the %d target records, "
-               "mean kappa / accuracy: %s", targets.sum(), ", ".join(
-                   f"{k} {e['mean_confidence']:.3f}/{e['accuracy']:.3f}"
-                   for k, e in [*fit["features"].items(), ("label", fit["label"])]
-                   if "mean_confidence" in e))
   raised = [f"{k} {confidence[k][targets].mean():.4f} -> {kappa[k][targets].mean():.4f}"
             for k in kappa if kappa[k][targets].mean() > confidence[k][targets].mean() + 1e-6]
   if raised:
