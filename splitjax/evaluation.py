@@ -278,7 +278,7 @@ def label_kappa_given_private(records: Arrays, clf: baselines.Classifier,
   randomized-response ceiling's prior (splitjax/audit.py), from
   `fit_label_given_private`'s classifier, sharpened (`audit.kappa_of`) where
   its mean on `mask` (default all) falls short of its own accuracy there or
-  of `accuracy` (the baselines').
+  of `accuracy` (the best prior-only guess's, `AttackContext.best_guess`).
 
   It reads the records' own x_p and labels: it is the audit's prior, fixed
   by the evaluator, and never reaches an attack.
