@@ -581,7 +581,9 @@ def prior_guess(ctx: AttackContext, kind: str | None, space: knowledge.Candidate
   (codes, labels)), zero off the targets. Blocks of records are sized to
   attack.exact.max_chunk_mb."""
   rows = np.flatnonzero(ctx.targets)
-  hidden = ctx.config.attack.server_model.hidden
+  # Per record and candidate: the log prior, posterior and their product with
+  # the one-hots (3 K), and each conditional table's hidden layer.
+  hidden = ctx.config.attack.server_model.hidden * (space.num_categorical + 1)
   per_record = space.size * (3 * space.num_labels + hidden + 1) * 4
   block = int(np.clip(ctx.config.attack.exact.max_chunk_mb * 2**20 // per_record, 1, 512))
   marg, label, map_cat, map_label = prior_marginals(_bayes_prior(ctx, kind), space, rows,
