@@ -156,6 +156,8 @@ class AttackContext:
   kappa: dict[str, np.ndarray]  # the audit's prior kappa_i [N] (audit.kappa_of)
   best_guess: dict[str, float]  # the best prior-only accuracy on the targets
   names: tuple[str, ...]  # the attacks to run
+  # Bayes priors scored alone on the targets (`prior_guess`), by kind.
+  prior_guesses: dict[str, tuple] = dataclasses.field(default_factory=dict)
 
   @functools.cached_property
   def label_given_private(self) -> baselines.Classifier:
@@ -231,18 +233,19 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
                    if "mean_confidence" in e))
   ctx = AttackContext(config, schema, model, dataset.train, server, aux, targets,
                       space, prior_pred, sm, confidence, {}, best, names)
-  if "bayes_exact" in names and config.attack.bayes.prior != "uniform":
+  kind = config.attack.bayes.prior
+  if "bayes_exact" in names and kind != "uniform":
     # Bayesian EXACT's prior is a prior-only guess too (sigma -> inf): kappa
     # is the best such guess's success, so it is held to this one as well.
     start = time.time()
-    cat, label, _ = prior_guess(ctx, None, space)
+    ctx.prior_guesses[kind] = prior_guess(ctx, kind, space)
+    cat, label, _ = ctx.prior_guesses[kind]
     alone = score(schema, dataset.train, None, targets, cat, None, label)
     best.update({k: max(best[k], accuracy(alone, k)) for k in log_probs})
     logging.info("Bayes's %s prior alone on the targets (%.1f s), accuracy: %s",
-                 config.attack.bayes.prior, time.time() - start,
+                 kind, time.time() - start,
                  ", ".join(f"{k} {accuracy(alone, k):.4f}" for k in log_probs))
-  kappa = ctx.kappa
-  kappa.update({k: audit.kappa_of(v, best[k], targets) for k, v in log_probs.items()})
+  ctx.kappa = kappa = {k: audit.kappa_of(v, best[k], targets) for k, v in log_probs.items()}
   raised = [f"{k} {confidence[k][targets].mean():.4f} -> {kappa[k][targets].mean():.4f}"
             for k in kappa if kappa[k][targets].mean() > confidence[k][targets].mean() + 1e-6]
   if raised:
@@ -617,7 +620,9 @@ def prior_accuracy(config, workdir: str) -> dict:
   model = models.make_model(schema, config.model)
   spec = training.make_spec(config, model, dataset.train)
   ctx = prepare(config, dataset, model, spec)
-  ctx.space = knowledge.candidate_space(schema, ())  # kept: its fitted classifiers
+  # In place, keeping its fitted classifiers; with no numerics it is the
+  # space prepare scored Bayes's own prior in (ctx.prior_guesses).
+  ctx.space = knowledge.candidate_space(schema, ())
   out = {}
   for name, pred in (("prior", ctx.prior_pred), ("server_model", ctx.server_model)):
     out[name] = score(schema, dataset.train, None, ctx.targets, pred.cat, None, pred.label)
@@ -626,7 +631,8 @@ def prior_accuracy(config, workdir: str) -> dict:
     if kind in ("chain", "label_given_private") and not config.attack.server_model.hidden:
       continue
     start = time.time()
-    cat, lab, joint = prior_guess(ctx, kind, ctx.space)
+    cat, lab, joint = (ctx.prior_guesses.get(kind)
+                       or prior_guess(ctx, kind, ctx.space))
     out[f"bayes/{kind}"] = score(schema, dataset.train, None, ctx.targets, cat, None, lab,
                                  joint=joint)
     logging.info("prior %s: %.1f s", kind, time.time() - start)
