@@ -439,8 +439,9 @@ def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy) -> dict:
     per["exact"] = score(schema, truth, noisy, mask & r.seen,
                          *_split(ctx.space, r.digits), r.label, prior_scores)
   if "bayes_exact" in names:
-    # Each feature and the label scored by its own marginal MAP; the
-    # all-correct rate and the posterior's calibration by the MAP candidate.
+    # Each categorical and the label scored by its own marginal MAP, each
+    # numeric by its marginal median; the all-correct rate and the
+    # posterior's calibration by the MAP candidate.
     r = ex_res.bayes(s, epoch)
     cat, num = _split(ctx.space, r.marginal_digits)
     names_p = [f.name for f in schema.private_categorical] + ["label"]
@@ -545,7 +546,8 @@ def _split(space, digits):
 def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray,
                     block: int = 512):
   """A Bayes prior alone, with no release: for the records `rows`, each
-  private categorical's and the label's marginal MAP and the MAP candidate.
+  private categorical's and the label's marginal MAP, each numeric's
+  marginal median (`exact.median_index`) and the MAP candidate.
 
   Returns (marginal codes [R, F], marginal labels [R], MAP codes [R, F], MAP
   labels [R]). Records go in padded blocks of `block` (one compile).
@@ -563,7 +565,9 @@ def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray
     post = jax.nn.softmax(lp.reshape(lp.shape[0], -1), -1).reshape(lp.shape)
     feats = jnp.split(jnp.einsum("bck,cv->bv", post, onehot), splits, -1)
     best = jnp.argmax(lp.reshape(lp.shape[0], -1), -1)
-    return ([f.argmax(-1) for f in feats] if space.radices else [],
+    picks = [f.argmax(-1) if j < space.num_categorical else exact.median_index(f)
+             for j, f in enumerate(feats)] if space.radices else []
+    return (picks,
             post.sum(1).argmax(-1), digits[best // space.num_labels],
             best % space.num_labels)
 

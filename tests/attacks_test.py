@@ -598,6 +598,35 @@ def test_bayes_marginals_score_each_feature_at_least_as_well_as_the_map():
   assert np.all((r.marginal_posterior[m] > 0) & (r.marginal_posterior[m] <= 1 + 1e-6))
 
 
+def test_bayes_numeric_pick_is_the_posterior_median():
+  # Numerics are scored by absolute error, which the marginal median
+  # minimises. Without defence the posterior is a point mass and the median
+  # is the MAP candidate's value (the grid value nearest the truth). Under
+  # C 0.05 and noise 0.05 (sigma 1), 2 epochs, the posterior is wide: the
+  # median's MAE measured 0.805 against the MAP candidate's 1.226 (and the
+  # marginal MAP's 1.301, this pick before) on the 1,280 released records,
+  # better on 65 % and worse on 28 %, paired. Tolerance: a 10 % margin.
+  c = small_config(data__private_features=("p_cat_0", "p_num_0"),
+                   data__synthetic__num_private_numeric=1,
+                   data__synthetic__num_examples=1600)
+  grid = ("p_num_0:-3:3:0.25",)
+  for clip_norm, noise in ((0.0, 0.0), (0.05, 0.05)):
+    ds, model, views = _captured(c, dict(ROW, clip_norm=clip_norm, noise_stddev=noise))
+    space = knowledge.candidate_space(ds.schema, grid)
+    r = exact.attack(model, space, knowledge.Mechanism(clip_norm, noise), views,
+                     ds.train.num_examples, bayes=True)
+    values, m = np.asarray(space.grids[0]), r.seen
+    truth = ds.train.x_p_num[m, 0]
+    median = np.abs(values[r.marginal_digits[m, 1]] - truth)
+    joint = np.abs(values[r.digits[m, 1]] - truth)
+    if noise == 0.0:
+      np.testing.assert_array_equal(r.marginal_digits[m, 1], r.digits[m, 1])
+      assert median.mean() < 0.1, median.mean()
+    else:
+      assert median.mean() < 0.9 * joint.mean(), (median.mean(), joint.mean())
+      assert np.mean(median < joint) > np.mean(median > joint)
+
+
 def _bayes_gains(c, priors):
   """Bayesian EXACT's marginal accuracy on each private feature and the
   label, prior B minus prior A, on the same releases (C 0.05, noise 0.05,

@@ -22,7 +22,9 @@ through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
   feature and the label on its own the value of largest marginal posterior
   (summed over every other feature and the label) with that probability:
   the MAP candidate maximises the chance that everything is right, the
-  marginal MAPs each feature's chance. With sigma = 0 the
+  marginal MAPs each feature's chance. A numeric feature's own pick is its
+  marginal posterior median on the grid instead, which minimises the
+  expected absolute error it is scored by. With sigma = 0 the
   likelihood is a point mass; it stands in a Gaussian whose scale is
   `noiseless_scale` times the record's RMS message coordinate, which makes it
   EXACT with a prior tie-break whatever the size of the record's messages.
@@ -74,8 +76,9 @@ class ExactResult(NamedTuple):
   score: np.ndarray      # float32 [N] best score (EXACT) / MAP log posterior
   posterior: np.ndarray  # float32 [N] MAP posterior probability (Bayes), else nan
   seen: np.ndarray       # bool [N] the record had at least one release
-  # Bayes only: each feature's and the label's own marginal MAP, and its
-  # marginal posterior probability ([N, F + 1], the label last).
+  # Bayes only: each feature's and the label's own marginal MAP (a numeric's
+  # marginal median), and its marginal posterior probability ([N, F + 1],
+  # the label last).
   marginal_digits: np.ndarray | None = None   # int32 [N, F]
   marginal_label: np.ndarray | None = None    # int32 [N]
   marginal_posterior: np.ndarray | None = None  # float32 [N, F + 1]
@@ -95,7 +98,7 @@ class SettingsResult(NamedTuple):
   bayes_posterior: np.ndarray  # float32 [S, E, N] MAP posterior probability
   bayes_log_map: np.ndarray    # float32 [S, E, N] MAP unnormalised log posterior
   released: np.ndarray         # bool [S, E, N] the record was released in epoch e
-  bayes_marginal_digits: np.ndarray      # int32 [S, E, N, F] each feature's marginal MAP
+  bayes_marginal_digits: np.ndarray      # int32 [S, E, N, F] marginal MAP (numerics: median)
   bayes_marginal_label: np.ndarray       # int32 [S, E, N] the label's marginal MAP
   bayes_marginal_posterior: np.ndarray   # float32 [S, E, N, F + 1] their probabilities
 
@@ -468,25 +471,40 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
                      batch_size=block if block > 1 else None)
 
 
-@functools.partial(jax.jit, static_argnames=("widths",))
-def _marginal_picks(log_mass, widths):
-  """(index [..., G], probability [..., G]) of the largest of each group of
-  log_mass [..., N, sum(widths)] (G groups: the features, then the label),
-  N the records. Values within rounding of the best are tied, and a fixed
-  pseudo-random order per record picks among them, as `_pick` does; a record
-  without a release gets index 0 and probability nan."""
+def median_index(probs: jax.Array) -> jax.Array:
+  """The posterior median of probs [..., V] (on an ascending grid, summing to
+  1): the first value whose cumulative mass reaches 1/2, less 1e-4 so that a
+  posterior split evenly does not pick by rounding. It minimises the
+  expected absolute error."""
+  return jnp.argmax(jnp.cumsum(probs, -1) >= 0.5 - 1e-4, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("widths", "num_categorical"))
+def _marginal_picks(log_mass, widths, num_categorical):
+  """(index [..., G], probability [..., G]) of each group of log_mass
+  [..., N, sum(widths)] (G groups: the features, then the label), N the
+  records. A categorical's and the label's pick is its marginal MAP, the
+  largest mass: values within rounding of the best are tied, and a fixed
+  pseudo-random order per record picks among them, as `_pick` does. A numeric
+  feature's (the groups after the first `num_categorical`) is its posterior
+  median (`median_index`): numerics are scored by absolute error. The
+  probability is the pick's mass; a record without a release gets index 0
+  and probability nan."""
   ids = jnp.arange(log_mass.shape[-2])
   picks, probs, start = [], [], 0
-  for w in widths:
+  for g, w in enumerate(widths):
     x = log_mass[..., start:start + w]
     start += w
     best = x.max(-1, keepdims=True)
     ok = jnp.isfinite(best)
-    near = ok & (x >= best - (_RTOL * jnp.abs(best) + 1e-4))
-    rank = jnp.where(near, _tie_order(ids, jnp.arange(w)), jnp.uint32(0xFFFFFFFF))
-    j = rank.argmin(-1)
-    p = jnp.exp(jnp.take_along_axis(x, j[..., None], -1)
-                - jax.nn.logsumexp(jnp.where(ok, x, 0.0), -1, keepdims=True))[..., 0]
+    log_p = x - jax.nn.logsumexp(jnp.where(ok, x, 0.0), -1, keepdims=True)
+    if num_categorical <= g < len(widths) - 1:
+      j = median_index(jnp.exp(jnp.where(ok, log_p, 0.0)))
+    else:
+      near = ok & (x >= best - (_RTOL * jnp.abs(best) + 1e-4))
+      rank = jnp.where(near, _tie_order(ids, jnp.arange(w)), jnp.uint32(0xFFFFFFFF))
+      j = rank.argmin(-1)
+    p = jnp.exp(jnp.take_along_axis(log_p, j[..., None], -1))[..., 0]
     picks.append(j.astype(jnp.int32))
     probs.append(jnp.where(ok[..., 0], p, jnp.nan))
   return jnp.stack(picks, -1), jnp.stack(probs, -1)
@@ -704,7 +722,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   # One transfer for everything the host needs (the copies overlap), and
   # only the Bayes sums when Bayes ran: on a GPU each transfer costs a sync.
   ex_best, ex_arg, _, b_best, b_arg, _, b_lse, b_mass = carry
-  bayes_out = (b_best, b_arg, b_lse) + _marginal_picks(b_mass, widths) if bayes else ()
+  bayes_out = ((b_best, b_arg, b_lse) + _marginal_picks(b_mass, widths, space.num_categorical)
+               if bayes else ())
   ex_best, ex_arg, bayes_out, all_ids = sharding.to_host(
       (ex_best, ex_arg, bayes_out, [v.ids for v in views]))
   ex_best, ex_arg, bayes_out = jax.tree.map(lambda a: a[:num_settings],
