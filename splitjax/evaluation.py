@@ -543,35 +543,69 @@ def _split(space, digits):
   return cat if space.num_categorical else None, num
 
 
+# The bytes of a conditional prior's hidden layer in one step of its lax.map
+# over records (`prior_marginals`).
+HIDDEN_BYTES = 8 << 20
+
+
 def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray,
                     block: int = 512):
   """A Bayes prior alone, with no release: for the records `rows`, each
   private categorical's and the label's marginal MAP, each numeric's
   marginal median (`exact.median_index`) and the MAP candidate.
 
+  The categoricals' factors read no numeric (`exact.categorical_log_priors`),
+  so they are evaluated once per combination of categoricals; only the
+  label's factor, which may read the numerics, runs over the whole space.
+
   Returns (marginal codes [R, F], marginal labels [R], MAP codes [R, F], MAP
   labels [R]). Records go in padded blocks of `block` (one compile).
   """
+  nc, k = space.num_categorical, space.num_labels
+  combos = math.prod(space.radices[:nc])
+  grid = space.size // combos  # numeric grid points per categorical combination
   digits = space.digits(jnp.arange(space.size))
   private = space.encode(digits)
-  onehot = jnp.concatenate([jnp.zeros((space.size, 0))]
-                           + [jax.nn.one_hot(digits[:, j], r)
-                              for j, r in enumerate(space.radices)], -1)
-  splits = np.cumsum(space.radices)[:-1]
+  # Every categorical combination once, its numerics at their first grid value.
+  cat_digits, cat_private = digits[::grid], private[::grid]
+  onehot = jnp.concatenate([jnp.zeros((combos, 0))]
+                           + [jax.nn.one_hot(cat_digits[:, j], r)
+                              for j, r in enumerate(space.radices[:nc])], -1)
+  splits = np.cumsum(space.radices[:nc])[:-1]
+
+  tables = [t for t in (*log_prior[0], log_prior[1])
+            if isinstance(t, knowledge.ConditionalPrior)]
+  hidden = max((t.record_pre.shape[-1] for t in tables), default=1)
+
+  def batch(candidates):
+    # Records per step of a classifier's lax.map: an [records, C, H] hidden
+    # layer larger than the caches ran 4x slower (Adult with age and hours
+    # per week on their grids: 73,260 candidates, H 64, 18 records a step).
+    return max(1, HIDDEN_BYTES // (candidates * hidden * 4))
 
   @jax.jit
   def one(idx):
-    lp = exact.log_prior_of(exact.prior_rows(log_prior, idx), digits, private)
-    post = jax.nn.softmax(lp.reshape(lp.shape[0], -1), -1).reshape(lp.shape)
-    feats = jnp.split(jnp.einsum("bck,cv->bv", post, onehot), splits, -1)
-    best = jnp.argmax(lp.reshape(lp.shape[0], -1), -1)
-    picks = [f.argmax(-1) if j < space.num_categorical else exact.median_index(f)
-             for j, f in enumerate(feats)] if space.radices else []
-    return (picks,
-            post.sum(1).argmax(-1), digits[best // space.num_labels],
-            best % space.num_labels)
+    cat_tables, label_table = exact.prior_rows(log_prior, idx)
+    b = len(idx)
+    lp = jnp.broadcast_to(exact.label_log_prior(label_table, private, batch(space.size)),
+                          (b, space.size, k))
+    lp = lp.reshape(b, combos, grid, k)
+    for term in exact.categorical_log_priors(cat_tables, cat_digits, cat_private,
+                                             batch(combos)):
+      lp = lp + term[:, :, None, None]
+    post = jax.nn.softmax(lp.reshape(b, -1), -1).reshape(lp.shape)
+    picks = ([f.argmax(-1) for f in
+              jnp.split(jnp.einsum("bcgk,cv->bv", post, onehot), splits, -1)] if nc else [])
+    if grid > 1:
+      numerics = post.sum((1, 3)).reshape((b,) + space.radices[nc:])
+      for j in range(len(space.radices) - nc):
+        others = tuple(a + 1 for a in range(len(space.radices) - nc) if a != j)
+        picks.append(exact.median_index(numerics.sum(others)))
+    best = jnp.argmax(lp.reshape(b, -1), -1)
+    return picks, post.sum((1, 2)).argmax(-1), digits[best // k], best % k
 
   outs = []
+  start = last_log = time.perf_counter()
   for lo in range(0, len(rows), block):
     idx = rows[lo:lo + block]
     pad = np.pad(idx, (0, block - len(idx)), mode="edge")
@@ -579,6 +613,11 @@ def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray
     n = len(idx)
     outs.append((np.stack(feats, 1)[:n] if feats else np.zeros((n, 0), np.int32),
                  label[:n], map_cat[:n], map_label[:n]))
+    now = time.perf_counter()
+    if now - last_log > 15 and lo + n < len(rows):
+      last_log = now
+      logging.info("the prior alone: %d/%d records, ETA %.0f s", lo + n, len(rows),
+                   (now - start) / (lo + n) * (len(rows) - lo - n))
   return tuple(np.concatenate(z) for z in zip(*outs))
 
 
@@ -588,11 +627,13 @@ def prior_guess(ctx: AttackContext, kind: str | None, space: knowledge.Candidate
   (codes, labels)), zero off the targets. Blocks of records are sized to
   attack.exact.max_chunk_mb."""
   rows = np.flatnonzero(ctx.targets)
-  # Per record and candidate: the log prior, posterior and their product with
-  # the one-hots (3 K), and each conditional table's hidden layer.
-  hidden = ctx.config.attack.server_model.hidden * (space.num_categorical + 1)
-  per_record = space.size * (3 * space.num_labels + hidden + 1) * 4
-  block = int(np.clip(ctx.config.attack.exact.max_chunk_mb * 2**20 // per_record, 1, 512))
+  # Per record and candidate: the label's log prior, the joint and the
+  # posterior (3 K); beside them, a classifier's hidden layer over
+  # HIDDEN_BYTES' worth of records, or over one record if that is larger.
+  per_record = space.size * (3 * space.num_labels + 1) * 4
+  hidden = space.size * ctx.config.attack.server_model.hidden * 4
+  budget = ctx.config.attack.exact.max_chunk_mb * 2**20 - max(HIDDEN_BYTES, hidden)
+  block = int(np.clip(budget // per_record, 1, 512))
   marg, label, map_cat, map_label = prior_marginals(_bayes_prior(ctx, kind), space, rows,
                                                     block)
   f = space.num_categorical

@@ -4,10 +4,12 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from splitjax import data, evaluation, models, training
+from splitjax.attacks import exact
 from splitjax import workdir as workdir_lib
 from splitjax.errors import ConfigError
 from conftest import REPO, small_config
@@ -104,3 +106,26 @@ def test_prior_guess_over_a_numeric_grid_keeps_the_factorised_answers():
   got = evaluation.score(ds.schema, ds.train, None, t, cat, None, label)
   assert ctx.best_guess["label"] >= got["label"]["accuracy"]
   assert ctx.best_guess["p_cat_0"] >= got["features"]["p_cat_0"]["accuracy"]
+  # prior_marginals evaluates the categoricals' factors once per combination
+  # of categoricals and only the label's (which reads the numeric) over the
+  # whole space: it must give what the joint log prior the attack itself
+  # uses (exact.log_prior_of, every candidate) gives, summed by brute force.
+  space, few = ctx.space, rows[:64]
+  digits = space.digits(jnp.arange(space.size))
+  d = np.asarray(digits)
+  for kind in ("chain", "label_given_private"):
+    prior = evaluation._bayes_prior(ctx, kind)
+    lp = np.asarray(exact.log_prior_of(exact.prior_rows(prior, jnp.asarray(few)), digits,
+                                       space.encode(digits)), np.float64)   # [R, C, K]
+    post = np.exp(lp - lp.max((1, 2), keepdims=True))
+    post /= post.sum((1, 2), keepdims=True)
+    by_cat = np.stack([post[:, d[:, 0] == v].sum((1, 2)) for v in range(space.radices[0])], 1)
+    by_num = np.stack([post[:, d[:, 1] == v].sum((1, 2)) for v in range(space.radices[1])], 1)
+    flat = post.reshape(len(few), -1).argmax(-1)
+    want = (np.stack([by_cat.argmax(-1), (np.cumsum(by_num, -1) >= 0.5 - 1e-4).argmax(-1)], 1),
+            post.sum(1).argmax(-1), d[flat // 2, 0], flat % 2)
+    marg, lab, map_cat, map_label = evaluation.prior_marginals(prior, space, few, 16)
+    for a, b in ((marg, want[0]), (lab, want[1]), (map_cat[:, 0], want[2]),
+                 (map_label, want[3])):
+      np.testing.assert_array_equal(a, b, err_msg=kind)
+    assert len(np.unique(lab)) == 2  # the label's marginal is not one value for all

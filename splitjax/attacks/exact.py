@@ -353,18 +353,33 @@ def log_prior_of(log_prior, digits: jax.Array, private: jax.Array) -> jax.Array:
   private input [C, P], `CandidateSpace.encode`) and every label, for every
   record of `log_prior` (as `attack_settings` takes it)."""
   cat_tables, label_table = log_prior
-  if isinstance(label_table, ConditionalPrior):
-    prior = label_table.log_probs(private)                  # [N, C, K]
-  else:
-    prior = label_table[:, None, :]
-  for j, table in enumerate(cat_tables):
-    if isinstance(table, ConditionalPrior):                 # [N, C, V_j] -> [N, C]
-      term = jnp.take_along_axis(table.log_probs(private), digits[None, :, j, None],
-                                 -1)[..., 0]
-    else:
-      term = table[:, digits[:, j]]
+  prior = label_log_prior(label_table, private)
+  for term in categorical_log_priors(cat_tables, digits, private):
     prior = prior + term[:, :, None]
   return prior
+
+
+def label_log_prior(label_table, private: jax.Array, batch: int = 1024) -> jax.Array:
+  """The label's factor of `log_prior_of`: [N, C, K], or [N, 1, K] for a
+  table that does not read the candidate (`batch`: `ConditionalPrior.log_probs`'s)."""
+  if isinstance(label_table, ConditionalPrior):
+    return label_table.log_probs(private, batch)
+  return label_table[:, None, :]
+
+
+def categorical_log_priors(cat_tables, digits: jax.Array, private: jax.Array,
+                           batch: int = 1024) -> list:
+  """Each private categorical's factor of `log_prior_of`: [N, C] per feature.
+  None reads a private numeric (a chain link reads the categoricals before
+  its own), so candidates that differ only in numerics share them."""
+  terms = []
+  for j, table in enumerate(cat_tables):
+    if isinstance(table, ConditionalPrior):                 # [N, C, V_j] -> [N, C]
+      terms.append(jnp.take_along_axis(table.log_probs(private, batch),
+                                       digits[None, :, j, None], -1)[..., 0])
+    else:
+      terms.append(table[:, digits[:, j]])
+  return terms
 
 
 def prior_rows(log_prior, rows: jax.Array):
