@@ -368,24 +368,29 @@ def _bayes_prior(ctx: AttackContext, kind: str | None = None):
   """Bayesian EXACT's log prior as `exact.attack_settings` takes it (None:
   uniform), by `kind` (default attack.bayes.prior)."""
   schema, kind = ctx.schema, kind or ctx.config.attack.bayes.prior
-  if kind == "server_model":
-    return ctx.server_model.log_probs
-  if kind in ("label_given_private", "chain"):
-    # The label given x_s and the candidate's x_p: the prior then carries how
-    # the label depends on x_p. 'chain' does the same for each private
-    # categorical given the ones before it, where 'label_given_private' takes
-    # them from x_s alone (the server model), independently.
-    width = ctx.space.width
-    label = baselines.conditional_prior(ctx.label_given_private, ctx.server, width)
-    if kind == "label_given_private":
-      return ctx.server_model.log_probs[0], label
-    return (tuple(baselines.conditional_prior(clf, ctx.server, width)
-                  for clf in ctx.private_chain), label)
+  grids = ctx.space.grids if ctx.space is not None else ()
   if kind == "marginal":
-    return baselines.marginal_log_probs(
+    cats, label = baselines.marginal_log_probs(
         ctx.aux, ctx.num_records, [f.vocab_size for f in schema.private_categorical],
         schema.num_classes)
-  return None
+    return cats + baselines.numeric_marginal_log_probs(ctx.aux, ctx.num_records, grids), label
+  if kind not in ("server_model", "label_given_private", "chain"):
+    return None
+  # Each private numeric: a Laplace around the server model's regression.
+  sm = ctx.server_model
+  numerics = baselines.numeric_log_priors(sm.num, sm.num_scale, grids) if grids else ()
+  if kind == "server_model":
+    return sm.log_probs[0] + numerics, sm.log_probs[1]
+  # The label given x_s and the candidate's x_p: the prior then carries how
+  # the label depends on x_p. 'chain' does the same for each private
+  # categorical given the ones before it, where 'label_given_private' takes
+  # them from x_s alone (the server model), independently.
+  width = ctx.space.width
+  label = baselines.conditional_prior(ctx.label_given_private, ctx.server, width)
+  if kind == "label_given_private":
+    return sm.log_probs[0] + numerics, label
+  return (tuple(baselines.conditional_prior(clf, ctx.server, width)
+                for clf in ctx.private_chain) + numerics, label)
 
 
 class _ByEpoch(NamedTuple):
@@ -554,9 +559,10 @@ def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray
   private categorical's and the label's marginal MAP, each numeric's
   marginal median (`exact.median_index`) and the MAP candidate.
 
-  The categoricals' factors read no numeric (`exact.categorical_log_priors`),
-  so they are evaluated once per combination of categoricals; only the
-  label's factor, which may read the numerics, runs over the whole space.
+  The categoricals' factors read no numeric (`exact.feature_log_priors`), so
+  they are evaluated once per combination of categoricals, and the numerics'
+  tables once per combination of grid values; only the label's factor, which
+  may read every private value, runs over the whole space.
 
   Returns (marginal codes [R, F], marginal labels [R], MAP codes [R, F], MAP
   labels [R]). Records go in padded blocks of `block` (one compile).
@@ -590,9 +596,12 @@ def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray
     lp = jnp.broadcast_to(exact.label_log_prior(label_table, private, batch(space.size)),
                           (b, space.size, k))
     lp = lp.reshape(b, combos, grid, k)
-    for term in exact.categorical_log_priors(cat_tables, cat_digits, cat_private,
-                                             batch(combos)):
+    for term in exact.feature_log_priors(cat_tables[:nc], cat_digits, cat_private,
+                                         batch(combos)):
       lp = lp + term[:, :, None, None]
+    if cat_tables[nc:]:  # the numerics' tables, over the first combination's grid
+      lp = lp + sum(t[:, digits[:grid, nc + j]] for j, t in
+                    enumerate(cat_tables[nc:]))[:, None, :, None]
     post = jax.nn.softmax(lp.reshape(b, -1), -1).reshape(lp.shape)
     picks = ([f.argmax(-1) for f in
               jnp.split(jnp.einsum("bcgk,cv->bv", post, onehot), splits, -1)] if nc else [])

@@ -31,6 +31,9 @@ class Prediction(NamedTuple):
   num: np.ndarray   # float32 [N, private numerics], normalised units
   label: np.ndarray # int32 [N]
   log_probs: tuple  # ([N, V_j] per categorical, [N, K] label), or None
+  # [private numerics] how far `num` typically misses (the server model's
+  # held-out mean absolute error), or None.
+  num_scale: np.ndarray | None = None
 
 
 def prior(aux: AuxSample, num_records: int, vocab_sizes, num_labels) -> Prediction:
@@ -45,13 +48,39 @@ def prior(aux: AuxSample, num_records: int, vocab_sizes, num_labels) -> Predicti
                     np.full(num_records, label, np.int32), None)
 
 
+def numeric_log_priors(center: np.ndarray, scale: np.ndarray, grids) -> tuple:
+  """A log prior on each private numeric's grid ([N, G_k] per numeric): a
+  Laplace distribution around each record's `center` [N, M] (a regression of
+  x_s) with `scale` [M] (its mean absolute error, the Laplace scale's
+  maximum-likelihood estimate), normalised over the grid."""
+  out = []
+  for k, grid in enumerate(grids):
+    lp = -np.abs(np.asarray(grid, np.float32)[None] - center[:, k, None]) / scale[k]
+    out.append(jnp.asarray(lp - np.logaddexp.reduce(lp, -1, keepdims=True)))
+  return tuple(out)
+
+
+def numeric_marginal_log_probs(aux: AuxSample, num_records: int, grids) -> tuple:
+  """The auxiliary sample's values of each private numeric, each at its
+  nearest grid value, as an add-one smoothed per-record log prior on the grid
+  ([N, G_k] per numeric)."""
+  x = np.asarray(aux.x_p_num)
+  return tuple(_frequency_table(np.abs(x[:, k, None] - np.asarray(g, np.float32)).argmin(-1),
+                                len(g), num_records) for k, g in enumerate(grids))
+
+
+def _frequency_table(values, num_values: int, num_records: int) -> jax.Array:
+  """[num_records, num_values] the add-one smoothed log frequencies of
+  `values`, the same for every record."""
+  counts = np.bincount(np.asarray(values), minlength=num_values) + 1.0
+  return jnp.tile(jnp.log(counts / counts.sum()), (num_records, 1))
+
+
 def marginal_log_probs(aux: AuxSample, num_records: int, vocab_sizes, num_labels):
   """Aux-sample marginals (add-one smoothed) as a per-record log prior."""
-  def table(x, v):
-    counts = np.bincount(np.asarray(x), minlength=v) + 1.0
-    return jnp.tile(jnp.log(counts / counts.sum()), (num_records, 1))
-  return (tuple(table(aux.x_p_cat[:, j], v) for j, v in enumerate(vocab_sizes)),
-          table(aux.y, num_labels))
+  return (tuple(_frequency_table(aux.x_p_cat[:, j], v, num_records)
+                for j, v in enumerate(vocab_sizes)),
+          _frequency_table(aux.y, num_labels, num_records))
 
 
 class _Heads(nn.Module):
@@ -118,6 +147,9 @@ class Classifier(NamedTuple):
   temperatures: tuple[float, ...]
   weights: tuple[float, ...]              # w per head
   log_frequencies: tuple[np.ndarray, ...]  # [V] per head
+  # Per numeric head, its mean absolute error on the held-out rows (on the
+  # fitted rows without any), floored at 1e-3: a Laplace prior's scale.
+  num_scales: tuple[float, ...] = ()
 
   def mixture(self, j: int) -> tuple[jax.Array, jax.Array]:
     """Head j's shrinkage in log space: (log w, [V] log((1 - w) freq)), so
@@ -214,7 +246,10 @@ def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
   fit_cat, _, fit_y = (np.asarray(a) for a in t)
   freqs = tuple([log_frequencies(fit_cat[:, j], v) for j, v in enumerate(vocab_sizes)]
                 + [log_frequencies(fit_y, num_labels)])
-  clf = Classifier(net, params, (1.0,) * len(freqs), (1.0,) * len(freqs), freqs)
+  x_err, t_err = (x_held, t_held) if num_held else (x, t)
+  err = np.abs(np.asarray(net.apply(params, *x_err)[1]) - np.asarray(t_err[1]))
+  clf = Classifier(net, params, (1.0,) * len(freqs), (1.0,) * len(freqs), freqs,
+                   tuple(float(max(e, 1e-3)) for e in err.mean(0)))
   if not num_held:
     return clf
   h_cat, _, h_y = (np.asarray(a) for a in t_held)
@@ -327,12 +362,13 @@ def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_s
   """Trains the x_s -> (x_p, y) classifier on the auxiliary sample (full batch,
   Adam, early-stopped and temperature-scaled on `held_out_fraction` of it) and
   predicts every record from its x_s."""
-  cats, num, label = fit_classifier(
-      (aux.x_s_cat, aux.x_s_num), server_vocab_sizes, (aux.x_p_cat, aux.x_p_num, aux.y),
-      vocab_sizes, num_labels, (server.x_s_cat, server.x_s_num), hidden=hidden,
-      num_steps=num_steps, learning_rate=learning_rate,
-      held_out_fraction=held_out_fraction, seed=seed)
+  clf = fit((aux.x_s_cat, aux.x_s_num), server_vocab_sizes,
+            (aux.x_p_cat, aux.x_p_num, aux.y), vocab_sizes, num_labels, hidden=hidden,
+            num_steps=num_steps, learning_rate=learning_rate,
+            held_out_fraction=held_out_fraction, seed=seed)
+  cats, num, label = predict(clf, (server.x_s_cat, server.x_s_num))
   cat_pred = (np.stack([np.asarray(c.argmax(-1)) for c in cats], 1) if cats
               else np.zeros((label.shape[0], 0)))
   return Prediction(cat_pred.astype(np.int32), np.asarray(num, np.float32),
-                    np.asarray(label.argmax(-1), np.int32), (tuple(cats), label))
+                    np.asarray(label.argmax(-1), np.int32), (tuple(cats), label),
+                    np.asarray(clf.num_scales, np.float32))

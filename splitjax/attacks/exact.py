@@ -354,7 +354,7 @@ def log_prior_of(log_prior, digits: jax.Array, private: jax.Array) -> jax.Array:
   record of `log_prior` (as `attack_settings` takes it)."""
   cat_tables, label_table = log_prior
   prior = label_log_prior(label_table, private)
-  for term in categorical_log_priors(cat_tables, digits, private):
+  for term in feature_log_priors(cat_tables, digits, private):
     prior = prior + term[:, :, None]
   return prior
 
@@ -367,13 +367,15 @@ def label_log_prior(label_table, private: jax.Array, batch: int = 1024) -> jax.A
   return label_table[:, None, :]
 
 
-def categorical_log_priors(cat_tables, digits: jax.Array, private: jax.Array,
-                           batch: int = 1024) -> list:
-  """Each private categorical's factor of `log_prior_of`: [N, C] per feature.
-  None reads a private numeric (a chain link reads the categoricals before
-  its own), so candidates that differ only in numerics share them."""
+def feature_log_priors(tables, digits: jax.Array, private: jax.Array,
+                       batch: int = 1024) -> list:
+  """Each private feature's factor of `log_prior_of`: [N, C] per table (the
+  categoricals', then any numerics' on their grids; `batch` as
+  `ConditionalPrior.log_probs`'s). A categorical's factor reads no numeric
+  (a chain link reads the categoricals before its own) and a numeric's table
+  its own value alone."""
   terms = []
-  for j, table in enumerate(cat_tables):
+  for j, table in enumerate(tables):
     if isinstance(table, ConditionalPrior):                 # [N, C, V_j] -> [N, C]
       terms.append(jnp.take_along_axis(table.log_probs(private, batch),
                                        digits[None, :, j, None], -1)[..., 0])
@@ -650,10 +652,11 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
       = none), which Bayes's likelihood mixes over.
     select: [S] which settings of `views` to attack (default: all).
     bayes: also run Bayesian EXACT.
-    log_prior: (one per private categorical, the label's) log-probabilities
-      for Bayes, shared by the settings: each an [N, V_j] (label: [N, K])
-      table, or a knowledge.ConditionalPrior of the candidate's private
-      values; None = uniform.
+    log_prior: (one per private categorical, then optionally one per private
+      numeric, the label's) log-probabilities for Bayes, shared by the
+      settings: each an [N, V_j] (numeric: [N, G_j] on its grid; label:
+      [N, K]) table, or a knowledge.ConditionalPrior of the candidate's
+      private values; None = uniform (so are numerics without a table).
     metric: EXACT's 'l2' or 'cosine' (Bayes uses the Gaussian L2).
     noiseless_scale: when a setting adds no noise, the likelihood's scale
       relative to each record's RMS message coordinate.
