@@ -394,7 +394,8 @@ def prior_rows(log_prior, rows: jax.Array):
 
 
 def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless_scale,
-                log_prior, *, model, space, metric, chunk, num_records, bayes, block):
+                log_prior, record_ids, *, model, space, metric, chunk, num_records, bayes,
+                block):
   """Folds one candidate chunk into every setting's and epoch's running best.
 
   views: per-epoch ServerViews with a leading [all settings] axis; select [S]:
@@ -403,7 +404,8 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
   Bayes best, index, tie rank, Bayes log-sum-exp), each [S, E, N], and
   Bayes's marginal log masses [S, E, N, sum(radices) + K] (`_marginals`;
   an unused width 1 without Bayes); scores are maximised (EXACT's is minus the
-  distance).
+  distance). Views' ids index the carry's N records; record_ids [N] are
+  their ids in the training split, which order ties (`_tie_order`).
   """
   k = space.num_labels
   index = start + jnp.arange(chunk)
@@ -425,7 +427,7 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
       l2, match = _step_scores(model, p, clip_s, metric, k, vs, mm)
       match = jnp.where(valid[None, :, None], match, jnp.inf).reshape(match.shape[0], -1)
       tol = _tolerance(metric, mm)
-      new = _pick(-match, pair_index, vs.ids, tol)
+      new = _pick(-match, pair_index, record_ids[vs.ids], tol)
       old = tuple(b[vs.ids] for b in best)
       best = tuple(b.at[vs.ids].set(x) for b, x in zip(best, _merge(old, new, tol)))
       if bayes:
@@ -474,7 +476,7 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
                          y_top)
         acc_top = acc_c[rows, sent]
         tol = _bayes_tolerance(acc_top, mm_sum, var)
-        new = _pick(value, pair_index, jnp.arange(num_records), tol)
+        new = _pick(value, pair_index, record_ids, tol)
         bx = _merge(bx, new, tol)
         bl = jnp.logaddexp(bl, jax.nn.logsumexp(value, axis=-1))
       outs.append(ex + bx + (bl, bm))
@@ -497,17 +499,18 @@ def median_index(probs: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("widths", "num_categorical"))
-def _marginal_picks(log_mass, widths, num_categorical):
+def _marginal_picks(log_mass, widths, num_categorical, record_ids):
   """(index [..., G], probability [..., G]) of each group of log_mass
   [..., N, sum(widths)] (G groups: the features, then the label), N the
-  records. A categorical's and the label's pick is its marginal MAP, the
+  records (record_ids [N] their ids, for the tie order). A categorical's and
+  the label's pick is its marginal MAP, the
   largest mass: values within rounding of the best are tied, and a fixed
   pseudo-random order per record picks among them, as `_pick` does. A numeric
   feature's (the groups after the first `num_categorical`) is its posterior
   median (`median_index`): numerics are scored by absolute error. The
   probability is the pick's mass; a record without a release gets index 0
   and probability nan."""
-  ids = jnp.arange(log_mass.shape[-2])
+  ids = record_ids
   picks, probs, start = [], [], 0
   for g, w in enumerate(widths):
     x = log_mass[..., start:start + w]
@@ -533,17 +536,17 @@ _chunk = jax.jit(_chunk_impl, static_argnames=_STATIC, donate_argnums=(0,))
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ("mesh",), donate_argnums=(0,))
 def _chunk_sharded(carry, start, views, select, clip_norm, noise, log_rr, noiseless_scale,
-                   log_prior, *, mesh, **static):
+                   log_prior, record_ids, *, mesh, **static):
   """_chunk with the settings spread over the mesh: each device runs its own
   settings' block (views, carry and defences sharded on their leading
   setting axis; `select` holds local indices), with no communication."""
   per = PartitionSpec(sharding.AXIS)
   rep = PartitionSpec()
   fn = jax.shard_map(functools.partial(_chunk_impl, **static), mesh=mesh,
-                     in_specs=(per, rep, per, per, per, per, per, rep, rep), out_specs=per,
-                     check_vma=False)
+                     in_specs=(per, rep, per, per, per, per, per, rep, rep, rep),
+                     out_specs=per, check_vma=False)
   return fn(carry, start, views, select, clip_norm, noise, log_rr, noiseless_scale,
-            log_prior)
+            log_prior, record_ids)
 
 
 def chunk_bytes(space: CandidateSpace, num_records: int, batch: int, hidden: int,
@@ -671,6 +674,58 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
     raise ConfigError("EXACT needs the device model: view.knowledge must be "
                       "'white_box' or 'stale', not 'none'")
   select = np.arange(views[0].ids.shape[0]) if select is None else np.asarray(select)
+  kwargs = dict(clip_norm=clip_norm, noise_stddev=noise_stddev, label_epsilon=label_epsilon,
+                select=select, bayes=bayes, log_prior=log_prior, metric=metric,
+                noiseless_scale=noiseless_scale, chunk_candidates=chunk_candidates,
+                chunk_mb=chunk_mb, max_chunk_mb=max_chunk_mb, max_candidates=max_candidates)
+  rows = _released_rows(views, num_records)
+  if rows is None:
+    return _attack_records(model, space, views, np.arange(num_records, dtype=np.int32),
+                           **kwargs)
+  # Few records released (attack.exact.max_steps): attack those alone, so
+  # that Bayes's per-record buffers, its prior and its sums scale with them
+  # and not with the training split; ties keep each record's own order.
+  position = np.zeros(num_records, np.int32)
+  position[rows] = np.arange(len(rows), dtype=np.int32)
+  position = jnp.asarray(position)
+  views = [v._replace(ids=position[v.ids]) for v in views]
+  if log_prior is not None:
+    kwargs["log_prior"] = prior_rows(log_prior, jnp.asarray(rows))
+  return _expand(_attack_records(model, space, views, rows, **kwargs), rows, num_records)
+
+
+def _released_rows(views, num_records: int) -> np.ndarray | None:
+  """The records `views` release, sorted, where they are under half of the
+  `num_records` (a single process); None otherwise."""
+  if jax.process_count() > 1:
+    return None
+  rows = np.unique(np.concatenate([np.asarray(v.ids).ravel() for v in views]))
+  return rows.astype(np.int32) if 2 * len(rows) < num_records else None
+
+
+def _expand(r: SettingsResult, rows: np.ndarray, num_records: int) -> SettingsResult:
+  """`r` over the records `rows` -> over all `num_records`: the others are
+  not released, and their picks and scores hold empty values (index 0, no
+  score, probability nan), which the released mask hides."""
+  empty = dict(exact_score=np.inf, bayes_posterior=np.nan, bayes_log_map=-np.inf,
+               bayes_marginal_posterior=np.nan)
+
+  def grow(name, a):
+    full = np.full(a.shape[:2] + (num_records,) + a.shape[3:], empty.get(name, 0), a.dtype)
+    full[:, :, rows] = a
+    return full
+
+  return SettingsResult(*(grow(n, a) for n, a in zip(SettingsResult._fields, r)))
+
+
+def _attack_records(model, space: CandidateSpace, views: list[ServerView],
+                    record_ids: np.ndarray, *, clip_norm, noise_stddev, label_epsilon,
+                    select, bayes, log_prior, metric, noiseless_scale, chunk_candidates,
+                    chunk_mb, max_chunk_mb, max_candidates) -> SettingsResult:
+  """attack_settings over the N records of record_ids [N] (their ids in the
+  training split; the views' ids index them)."""
+  num_records = len(record_ids)
+  record_ids = jnp.asarray(record_ids)
   num_settings, num_epochs = len(select), len(views)
   hidden = (model.head.hidden or (model.head.num_outputs,))[0]
   batch = views[0].ids.shape[-1]
@@ -729,7 +784,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   start = last_log = time.perf_counter()
   for i in range(num_chunks):
     carry = run(carry, np.int32(i * chunk), *args, np.float32(noiseless_scale),
-                log_prior if bayes else None, **static)
+                log_prior if bayes else None, record_ids, **static)
     jax.block_until_ready(carry)  # Dispatch is asynchronous; time real work.
     if time.perf_counter() - last_log > 15 and i + 1 < num_chunks:
       now = time.perf_counter()
@@ -740,7 +795,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   # One transfer for everything the host needs (the copies overlap), and
   # only the Bayes sums when Bayes ran: on a GPU each transfer costs a sync.
   ex_best, ex_arg, _, b_best, b_arg, _, b_lse, b_mass = carry
-  bayes_out = ((b_best, b_arg, b_lse) + _marginal_picks(b_mass, widths, space.num_categorical)
+  bayes_out = ((b_best, b_arg, b_lse)
+               + _marginal_picks(b_mass, widths, space.num_categorical, record_ids)
                if bayes else ())
   ex_best, ex_arg, bayes_out, all_ids = sharding.to_host(
       (ex_best, ex_arg, bayes_out, [v.ids for v in views]))
