@@ -405,7 +405,8 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
   Bayes's marginal log masses [S, E, N, sum(radices) + K] (`_marginals`;
   an unused width 1 without Bayes); scores are maximised (EXACT's is minus the
   distance). Views' ids index the carry's N records; record_ids [N] are
-  their ids in the training split, which order ties (`_tie_order`).
+  their ids in the training split, which order ties (`_tie_order`; None:
+  the same as the views').
   """
   k = space.num_labels
   index = start + jnp.arange(chunk)
@@ -427,7 +428,8 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
       l2, match = _step_scores(model, p, clip_s, metric, k, vs, mm)
       match = jnp.where(valid[None, :, None], match, jnp.inf).reshape(match.shape[0], -1)
       tol = _tolerance(metric, mm)
-      new = _pick(-match, pair_index, record_ids[vs.ids], tol)
+      new = _pick(-match, pair_index, vs.ids if record_ids is None else record_ids[vs.ids],
+                  tol)
       old = tuple(b[vs.ids] for b in best)
       best = tuple(b.at[vs.ids].set(x) for b, x in zip(best, _merge(old, new, tol)))
       if bayes:
@@ -476,7 +478,8 @@ def _chunk_impl(carry, start, views, select, clip_norm, noise, log_rr, noiseless
                          y_top)
         acc_top = acc_c[rows, sent]
         tol = _bayes_tolerance(acc_top, mm_sum, var)
-        new = _pick(value, pair_index, record_ids, tol)
+        new = _pick(value, pair_index,
+                    jnp.arange(num_records) if record_ids is None else record_ids, tol)
         bx = _merge(bx, new, tol)
         bl = jnp.logaddexp(bl, jax.nn.logsumexp(value, axis=-1))
       outs.append(ex + bx + (bl, bm))
@@ -502,15 +505,15 @@ def median_index(probs: jax.Array) -> jax.Array:
 def _marginal_picks(log_mass, widths, num_categorical, record_ids):
   """(index [..., G], probability [..., G]) of each group of log_mass
   [..., N, sum(widths)] (G groups: the features, then the label), N the
-  records (record_ids [N] their ids, for the tie order). A categorical's and
-  the label's pick is its marginal MAP, the
-  largest mass: values within rounding of the best are tied, and a fixed
-  pseudo-random order per record picks among them, as `_pick` does. A numeric
+  records (record_ids [N] their ids for the tie order, None: 0..N-1). A
+  categorical's and the label's pick is its marginal MAP, the largest mass:
+  values within rounding of the best are tied, and a fixed pseudo-random
+  order per record picks among them, as `_pick` does. A numeric
   feature's (the groups after the first `num_categorical`) is its posterior
   median (`median_index`): numerics are scored by absolute error. The
   probability is the pick's mass; a record without a release gets index 0
   and probability nan."""
-  ids = record_ids
+  ids = jnp.arange(log_mass.shape[-2]) if record_ids is None else record_ids
   picks, probs, start = [], [], 0
   for g, w in enumerate(widths):
     x = log_mass[..., start:start + w]
@@ -680,8 +683,7 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
                 chunk_mb=chunk_mb, max_chunk_mb=max_chunk_mb, max_candidates=max_candidates)
   rows = _released_rows(views, num_records)
   if rows is None:
-    return _attack_records(model, space, views, np.arange(num_records, dtype=np.int32),
-                           **kwargs)
+    return _attack_records(model, space, views, num_records, None, **kwargs)
   # Few records released (attack.exact.max_steps): attack those alone, so
   # that Bayes's per-record buffers, its prior and its sums scale with them
   # and not with the training split; ties keep each record's own order.
@@ -691,7 +693,8 @@ def attack_settings(model, space: CandidateSpace, views: list[ServerView],
   views = [v._replace(ids=position[v.ids]) for v in views]
   if log_prior is not None:
     kwargs["log_prior"] = prior_rows(log_prior, jnp.asarray(rows))
-  return _expand(_attack_records(model, space, views, rows, **kwargs), rows, num_records)
+  return _expand(_attack_records(model, space, views, len(rows), jnp.asarray(rows), **kwargs),
+                 rows, num_records)
 
 
 def _released_rows(views, num_records: int) -> np.ndarray | None:
@@ -719,13 +722,12 @@ def _expand(r: SettingsResult, rows: np.ndarray, num_records: int) -> SettingsRe
 
 
 def _attack_records(model, space: CandidateSpace, views: list[ServerView],
-                    record_ids: np.ndarray, *, clip_norm, noise_stddev, label_epsilon,
-                    select, bayes, log_prior, metric, noiseless_scale, chunk_candidates,
-                    chunk_mb, max_chunk_mb, max_candidates) -> SettingsResult:
-  """attack_settings over the N records of record_ids [N] (their ids in the
-  training split; the views' ids index them)."""
-  num_records = len(record_ids)
-  record_ids = jnp.asarray(record_ids)
+                    num_records: int, record_ids, *, clip_norm, noise_stddev,
+                    label_epsilon, select, bayes, log_prior, metric, noiseless_scale,
+                    chunk_candidates, chunk_mb, max_chunk_mb,
+                    max_candidates) -> SettingsResult:
+  """attack_settings over N = num_records records, whose ids in the training
+  split are record_ids [N] (None: 0..N-1; the views' ids index them)."""
   num_settings, num_epochs = len(select), len(views)
   hidden = (model.head.hidden or (model.head.num_outputs,))[0]
   batch = views[0].ids.shape[-1]
