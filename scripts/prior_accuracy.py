@@ -6,9 +6,10 @@ No training and no release: the limit sigma -> inf of Bayesian EXACT, for
 every attack.bayes.prior but 'uniform', beside the 'prior' and
 'server_model' baselines. Writes prior_accuracy.json and .md (and
 config.json) to --workdir and prints the table: per private categorical,
-the label and the all-correct rate, on the attack's target records. A
-workdir that already holds a result is refused. Private numerics are not
-scored (their prior is uniform on a grid).
+the label and the all-correct rate, on the attack's target records, and per
+private numeric the MAE of each prior's median on its
+attack.exact.numeric_grids grid. A workdir that already holds a result is
+refused.
 """
 
 from splitjax import cli, evaluation

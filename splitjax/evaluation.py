@@ -239,7 +239,7 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
     # is the best such guess's success, so it is held to this one as well.
     start = time.time()
     ctx.prior_guesses[kind] = prior_guess(ctx, kind, space)
-    cat, label, _ = ctx.prior_guesses[kind]
+    cat, _, label, _ = ctx.prior_guesses[kind]
     alone = score(schema, dataset.train, None, targets, cat, None, label)
     best.update({k: max(best[k], accuracy(alone, k)) for k in log_probs})
     logging.info("Bayes's %s prior alone on the targets (%.1f s), accuracy: %s",
@@ -632,8 +632,10 @@ def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray
 
 def prior_guess(ctx: AttackContext, kind: str | None, space: knowledge.CandidateSpace):
   """A Bayes prior alone (`prior_marginals`, `kind` as `_bayes_prior`'s) on
-  the targets: (marginal MAP codes [N, F_cat], labels [N], its MAP candidate's
-  (codes, labels)), zero off the targets. Blocks of records are sized to
+  the targets: (marginal MAP codes [N, F_cat], marginal medians [N, F_num]
+  in normalised units (None without numerics), labels [N], its MAP
+  candidate's (codes [N, F_cat], labels)); off the targets, codes 0 and
+  the grids' first values. Blocks of records are sized to
   attack.exact.max_chunk_mb."""
   rows = np.flatnonzero(ctx.targets)
   # Per record and candidate: the label's log prior, the joint and the
@@ -646,11 +648,13 @@ def prior_guess(ctx: AttackContext, kind: str | None, space: knowledge.Candidate
   marg, label, map_cat, map_label = prior_marginals(_bayes_prior(ctx, kind), space, rows,
                                                     block)
   f = space.num_categorical
-  outs = (marg[:, :f], label, map_cat[:, :f], map_label)
+  outs = (marg[:, :f], marg[:, f:], label, map_cat[:, :f], map_label)
   full = [np.zeros((ctx.num_records,) + a.shape[1:], np.int64) for a in outs]
   for a, b in zip(full, outs):
     a[rows] = b
-  return full[0], full[1], (full[2], full[3])
+  num = np.stack([np.asarray(g, np.float32)[full[1][:, k]] for k, g in enumerate(space.grids)],
+                 1) if space.grids else None
+  return full[0], num, full[2], (full[3], full[4])
 
 
 def prior_accuracy(config, workdir: str) -> dict:
@@ -659,35 +663,36 @@ def prior_accuracy(config, workdir: str) -> dict:
   each private categorical's and the label's accuracy and the all-correct
   rate, written to prior_accuracy.json and .md in workdir. No training.
 
+  Private numerics are scored by MAE: each prior's marginal median on the
+  grid of attack.exact.numeric_grids.
+
   Raises:
-    ConfigError: private numerics (their prior is uniform on a grid), or a
-      workdir that already holds the result.
+    ConfigError: a private numeric without a grid, or a workdir that
+      already holds the result.
   """
   configlib.check(config)
   wd.refuse_finished(workdir, "prior_accuracy.json")
   dataset = data.load(config.data)
   schema = dataset.schema
-  if schema.private_numeric:
-    raise errors.ConfigError(
-        "data.private_features: prior_accuracy scores categoricals; "
-        f"{[f.name for f in schema.private_numeric]} are numeric")
+  space = knowledge.candidate_space(schema, tuple(config.attack.exact.numeric_grids))
   model = models.make_model(schema, config.model)
   spec = training.make_spec(config, model, dataset.train)
   ctx = prepare(config, dataset, model, spec)
-  # In place, keeping its fitted classifiers; with no numerics it is the
-  # space prepare scored Bayes's own prior in (ctx.prior_guesses).
-  ctx.space = knowledge.candidate_space(schema, ())
+  # In place, keeping its fitted classifiers: the space prepare scored
+  # Bayes's own prior in (ctx.prior_guesses).
+  ctx.space = space
   out = {}
   for name, pred in (("prior", ctx.prior_pred), ("server_model", ctx.server_model)):
-    out[name] = score(schema, dataset.train, None, ctx.targets, pred.cat, None, pred.label)
+    out[name] = score(schema, dataset.train, None, ctx.targets, pred.cat, pred.num,
+                      pred.label)
   kinds = [k for k in configlib.BAYES_PRIORS if k != "uniform"]
   for kind in kinds:
     if kind in ("chain", "label_given_private") and not config.attack.server_model.hidden:
       continue
     start = time.time()
-    cat, lab, joint = (ctx.prior_guesses.get(kind)
-                       or prior_guess(ctx, kind, ctx.space))
-    out[f"bayes/{kind}"] = score(schema, dataset.train, None, ctx.targets, cat, None, lab,
+    cat, num, lab, joint = (ctx.prior_guesses.get(kind)
+                            or prior_guess(ctx, kind, ctx.space))
+    out[f"bayes/{kind}"] = score(schema, dataset.train, None, ctx.targets, cat, num, lab,
                                  joint=joint)
     logging.info("prior %s: %.1f s", kind, time.time() - start)
   provenance = wd.provenance(configlib.config_hash(config))

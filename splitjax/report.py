@@ -521,18 +521,24 @@ def seed_spread_markdown(sweep: dict, spread: list[dict], subset: int, half_widt
 
 def prior_accuracy_markdown(result: dict) -> str:
   """`prior_accuracy`'s table: a row per guess, a column per private
-  categorical, the label and the all-correct rate."""
+  feature (a numeric's MAE in standard deviations), the label and the
+  all-correct rate."""
   scores = result["scores"]
-  names = list(next(iter(scores.values()))["features"])
-  head = ["guess", *names, "label", "all correct"]
+  features = next(iter(scores.values()))["features"]
+  names = list(features)
+  numeric = {f for f in names if "mae_std" in features[f]}
+  head = ["guess", *[f"{f} (MAE, sd)" if f in numeric else f for f in names], "label",
+          "all correct"]
   lines = ([f"Command: `{result['command']}`", ""] if "command" in result else []) + [
       f"Accuracy on the {result['num_targets']} target records with no release "
       f"(config {result['config_hash']}, commit {result['git_commit'][:12]}; "
-      f"{result['software']}). 'bayes/<prior>': each value's marginal MAP under "
-      "that attack.bayes.prior, all correct by its MAP candidate.", "",
+      f"{result['software']}). 'bayes/<prior>': each categorical's marginal MAP "
+      "and each numeric's marginal median under that attack.bayes.prior, all "
+      "correct (categoricals and the label) by its MAP candidate.", "",
       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for guess, sc in scores.items():
-    cells = [f"{sc['features'][f]['accuracy']:.4f}" for f in names]
+    cells = [f"{sc['features'][f]['mae_std' if f in numeric else 'accuracy']:.4f}"
+             for f in names]
     cells += [f"{sc['label']['accuracy']:.4f}", f"{sc.get('all_correct', float('nan')):.4f}"]
     lines.append(f"| {guess} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
