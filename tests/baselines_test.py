@@ -42,9 +42,9 @@ def test_held_out_rows_keep_the_confidence_calibrated(held_out, calibrated):
   rng = np.random.default_rng(1)
   inputs, targets = _task(rng, 1000)
   fresh, fresh_targets = _task(rng, 5000)
-  _, _, label = baselines.fit_classifier(
-      inputs, (16,) * 3, targets, (), 2, fresh, hidden=64, num_steps=1500,
-      learning_rate=1e-2, held_out_fraction=held_out, seed=0)
+  clf = baselines.fit(inputs, (16,) * 3, targets, (), 2, hidden=64, num_steps=1500,
+                      learning_rate=1e-2, held_out_fraction=held_out, seed=0)
+  _, _, label = baselines.predict(clf, fresh)
   label = np.asarray(label)
   confidence = np.exp(label.max(-1)).mean()
   accuracy = (label.argmax(-1) == fresh_targets[2]).mean()

@@ -270,13 +270,6 @@ def predict(clf: Classifier, inputs):
           clf.calibrate(len(cats), label))
 
 
-def fit_classifier(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int,
-                   predict_inputs, **kwargs):
-  """`fit`, then `predict` on predict_inputs (keyword arguments as `fit`'s)."""
-  return predict(fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels,
-                     **kwargs), predict_inputs)
-
-
 def _with_private(x_s, x_p):
   """The label-given-private classifier's input: categoricals x_s then x_p,
   numerics x_s then x_p (x_s, x_p: (x_cat, x_num) pairs)."""
