@@ -368,7 +368,7 @@ def _bayes_prior(ctx: AttackContext, kind: str | None = None):
   """Bayesian EXACT's log prior as `exact.attack_settings` takes it (None:
   uniform), by `kind` (default attack.bayes.prior)."""
   schema, kind = ctx.schema, kind or ctx.config.attack.bayes.prior
-  grids = ctx.space.grids if ctx.space is not None else ()
+  grids = ctx.space.grids
   if kind == "marginal":
     cats, label = baselines.marginal_log_probs(
         ctx.aux, ctx.num_records, [f.vocab_size for f in schema.private_categorical],
@@ -378,7 +378,7 @@ def _bayes_prior(ctx: AttackContext, kind: str | None = None):
     return None
   # Each private numeric: a Laplace around the server model's regression.
   sm = ctx.server_model
-  numerics = baselines.numeric_log_priors(sm.num, sm.num_scale, grids) if grids else ()
+  numerics = baselines.numeric_log_priors(sm.num, sm.num_scale, grids)
   if kind == "server_model":
     return sm.log_probs[0] + numerics, sm.log_probs[1]
   # The label given x_s and the candidate's x_p: the prior then carries how
@@ -648,13 +648,12 @@ def prior_guess(ctx: AttackContext, kind: str | None, space: knowledge.Candidate
   marg, label, map_cat, map_label = prior_marginals(_bayes_prior(ctx, kind), space, rows,
                                                     block)
   f = space.num_categorical
-  outs = (marg[:, :f], marg[:, f:], label, map_cat[:, :f], map_label)
+  outs = (marg, label, map_cat[:, :f], map_label)
   full = [np.zeros((ctx.num_records,) + a.shape[1:], np.int64) for a in outs]
   for a, b in zip(full, outs):
     a[rows] = b
-  num = np.stack([np.asarray(g, np.float32)[full[1][:, k]] for k, g in enumerate(space.grids)],
-                 1) if space.grids else None
-  return full[0], num, full[2], (full[3], full[4])
+  _, num = _split(space, full[0])
+  return full[0][:, :f], num, full[1], (full[2], full[3])
 
 
 def prior_accuracy(config, workdir: str) -> dict:
