@@ -346,18 +346,26 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
     for epoch in epochs:
       view = jax.tree.map(lambda a: a[select[s]], views[epoch - 1])
       mask = _targets_seen(ctx, view)
-      per = _attack_one(ctx, view, mask, mechs[s], noisy, ex_res, s, epoch,
-                        epoch in heavy_epochs)
+      per, subsets = _attack_one(ctx, view, mask, mechs[s], noisy, ex_res, s,
+                                 epoch, epoch in heavy_epochs)
       if ex_res is not None:
         for name in ("exact", "bayes_exact"):
           if name in per:
             per[name]["seconds_per_setting_all_epochs"] = ex_seconds
       label_eps = mechs[s]["label_epsilon"]
-      caps = audit.ceilings({k: v[mask] for k, v in ctx.kappa.items()},
-                            accounting[s][epoch - 1]["mu_gdp"], label_eps,
-                            ctx.label_kappa_given_private[mask]
-                            if math.isfinite(label_eps) else None)
-      violations += _audit(per, caps, epoch)
+
+      def ceilings(m):
+        return audit.ceilings({k: v[m] for k, v in ctx.kappa.items()},
+                              accounting[s][epoch - 1]["mu_gdp"], label_eps,
+                              ctx.label_kappa_given_private[m]
+                              if math.isfinite(label_eps) else None)
+
+      caps = ceilings(mask)
+      # An attack scored on fewer records is audited on the same records.
+      own = {name: ceilings(m) for name, m in subsets.items()}
+      for name, c in own.items():
+        per[name]["ceilings"] = c
+      violations += _audit(per, caps, epoch, own)
       per["ceilings"] = caps
       per_epoch[str(epoch)] = per
     out.append({"epochs": per_epoch, "violations": violations})
@@ -411,11 +419,12 @@ def _targets_seen(ctx, view):
   return ctx.targets & seen
 
 
-def _audit(per: dict, caps: dict, epoch: int) -> list[str]:
-  """Adds an audit entry to every accuracy; returns the violations."""
+def _audit(per: dict, caps: dict, epoch: int, own: dict) -> list[str]:
+  """Adds an audit entry to every accuracy, against `own[attack]`'s ceilings
+  where it has them (its records' own), else `caps`; returns the violations."""
   violations = []
   for name, m in per.items():
-    for attr, ceiling in caps.items():
+    for attr, ceiling in own.get(name, caps).items():
       entry = m.get("label") if attr == "label" else m["features"].get(attr)
       if entry and "accuracy" in entry:
         entry["audit"] = audit.check(entry["accuracy"], m["num_records"], ceiling)
@@ -425,24 +434,44 @@ def _audit(per: dict, caps: dict, epoch: int) -> list[str]:
   return violations
 
 
-def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy) -> dict:
+def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy):
   """Every configured attack on one setting's view of one epoch, scored on
-  `mask` (the target records the view released)."""
+  `mask` (the target records the view released), or on those of them the
+  attack reached (EXACT under attack.exact.max_steps, the optimiser's
+  max_records).
+
+  Returns:
+    ({attack: scores}, {attack: its records [N] bool, where fewer than
+    `mask`'s}). Such an attack's advantage over the prior is over the prior's
+    accuracy on its own records, and its scores carry the baselines' there
+    ("baselines_on_same_records"), so that no comparison mixes record sets.
+  """
   names, schema, truth, n = ctx.names, ctx.schema, ctx.truth, ctx.num_records
   args = (schema, truth, noisy, mask)
-  per = {}
-  p = ctx.prior_pred
+  per, subsets = {}, {}
+  p, sm = ctx.prior_pred, ctx.server_model
   prior_scores = score(*args, p.cat, p.num, p.label)
+
+  def scored(name, m, *preds, **kw):
+    """Scores `name` on m, against the baselines on the same records."""
+    if (m == mask).all():
+      per[name] = score(schema, truth, noisy, mask, *preds, prior_scores, **kw)
+      return
+    subsets[name] = m
+    own = score(schema, truth, noisy, m, p.cat, p.num, p.label)
+    per[name] = score(schema, truth, noisy, m, *preds, own, **kw)
+    same = {"prior": own,
+            "server_model": score(schema, truth, noisy, m, sm.cat, sm.num, sm.label)}
+    per[name]["baselines_on_same_records"] = {k: _brief(v) for k, v in same.items()}
+
   if "prior" in names:
     per["prior"] = prior_scores
   if "server_model" in names:
-    sm = ctx.server_model
     per["server_model"] = score(*args, sm.cat, sm.num, sm.label, prior_scores,
                                 confidence=ctx.server_confidence)
   if "exact" in names:
     r = ex_res.exact(s, epoch)
-    per["exact"] = score(schema, truth, noisy, mask & r.seen,
-                         *_split(ctx.space, r.digits), r.label, prior_scores)
+    scored("exact", mask & r.seen, *_split(ctx.space, r.digits), r.label)
   if "bayes_exact" in names:
     # Each categorical and the label scored by its own marginal MAP, each
     # numeric by its marginal median; the all-correct rate and the
@@ -451,8 +480,8 @@ def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy) -> dict:
     cat, num = _split(ctx.space, r.marginal_digits)
     names_p = [f.name for f in schema.private_categorical] + ["label"]
     cols = list(range(ctx.space.num_categorical)) + [-1]
-    per["bayes_exact"] = score(
-        schema, truth, noisy, mask & r.seen, cat, num, r.marginal_label, prior_scores,
+    scored(
+        "bayes_exact", mask & r.seen, cat, num, r.marginal_label,
         posterior=r.posterior,
         confidence={n_: r.marginal_posterior[:, c] for n_, c in zip(names_p, cols)},
         joint=(_split(ctx.space, r.digits)[0], r.label))
@@ -468,29 +497,45 @@ def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy) -> dict:
                          max_records=g.max_records, hybrid=g.hybrid,
                          beta_start=g.beta_start, beta_end=g.beta_end,
                          seed=ctx.config.seed)
-    per["gradmatch"] = score(schema, truth, noisy, mask & r.seen, r.cat, r.num,
-                             r.label, prior_scores)
+    scored("gradmatch", mask & r.seen, r.cat, r.num, r.label)
     per["gradmatch"]["seconds"] = time.perf_counter() - start
   for name, fn in (("label_norm", label_only.norm_attack),
                    ("label_direction", label_only.direction_attack)):
     if name in names:
       r = fn(view, ctx.aux, n, schema.num_classes)
       m = mask & r.seen
-      per[name] = score(schema, truth, noisy, m, None, None, r.label, prior_scores)
+      scored(name, m, None, None, r.label)
       per[name]["label"]["auc"] = _auc(r.score[m], truth.y[m])
-  return per
+  return per, subsets
+
+
+def _brief(scores: dict) -> dict:
+  """A baseline's scores without its confusion matrices."""
+  out = {"num_records": scores["num_records"],
+         "features": {k: {a: v for a, v in m.items() if a != "confusion"}
+                      for k, m in scores["features"].items()}}
+  if "label" in scores:
+    out["label"] = {"accuracy": scores["label"]["accuracy"]}
+  return out
 
 
 def log_scores(per: dict, epoch: int, prefix: str = "") -> None:
-  for name, m in per.items():
-    if name == "ceilings":
-      continue
+  """One line per attack; an attack scored on fewer records than the others
+  adds a line per baseline on its records."""
+  def line(name, m):
     feats = ", ".join(f"{k} {v['accuracy']:.4f}" if "accuracy" in v
                       else f"{k} MAE {v['mae_std']:.4f} sd"
                       for k, v in m["features"].items())
     label = m.get("label", {}).get("accuracy", math.nan)
-    logging.info("%sepoch %d %s: %s%slabel %.4f", prefix, epoch, name, feats,
-                 ", " if feats else "", label)
+    logging.info("%sepoch %d %s (%d records): %s%slabel %.4f", prefix, epoch, name,
+                 m["num_records"], feats, ", " if feats else "", label)
+
+  for name, m in per.items():
+    if name == "ceilings":
+      continue
+    line(name, m)
+    for base, b in m.get("baselines_on_same_records", {}).items():
+      line(f"{base} on {name}'s records", b)
 
 
 def run(config, workdir: str) -> dict:

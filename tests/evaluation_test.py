@@ -2,8 +2,10 @@
 
 import json
 
+import pytest
+
 from conftest import small_config
-from splitjax import evaluation
+from splitjax import audit, evaluation
 
 
 def test_attack_job_runs_the_optimiser_on_numeric_private_features(tmp_path):
@@ -56,3 +58,45 @@ def test_bayes_numeric_prior_is_a_laplace_around_the_server_model(tmp_path):
   assert chain["server_model"] == uniform["server_model"]
   assert chain["bayes_exact"] < chain["server_model"] - 0.01, chain
   assert uniform["bayes_exact"] > chain["bayes_exact"] + 0.1, (chain, uniform)
+
+
+def test_an_attack_on_fewer_records_is_compared_and_audited_on_them(tmp_path,
+                                                                    monkeypatch):
+  # Under attack.exact.max_steps EXACT sees the first steps' records only.
+  # Its advantage over the prior, the baselines it is read beside, and its
+  # audit ceilings are all over those records, not over every target.
+  spied = []
+  real = audit.ceilings
+
+  def spy(kappas, *args, **kw):
+    out = real(kappas, *args, **kw)
+    spied.append((len(next(iter(kappas.values()))), out))
+    return out
+
+  monkeypatch.setattr(audit, "ceilings", spy)
+  c = small_config(attack__names=("prior", "server_model", "exact"),
+                   attack__exact__max_steps=2, defence__clip=True,
+                   defence__noise=True, defence__clip_norm=0.05,
+                   defence__noise_multiplier=1.0, train__num_epochs=1)
+  out = evaluation.run(c, str(tmp_path))
+  assert out["audit_violations"] == []
+  got = json.loads((tmp_path / "attack_metrics.json").read_text())["epochs"]["1"]
+  ex, prior = got["exact"], got["prior"]
+  assert ex["num_records"] <= 2 * c.train.batch_size < prior["num_records"], (
+      ex["num_records"], prior["num_records"])
+  same = ex["baselines_on_same_records"]
+  assert {k: v["num_records"] for k, v in same.items()} == {
+      "prior": ex["num_records"], "server_model": ex["num_records"]}
+  for name, m in ex["features"].items():
+    assert m["advantage_over_prior"] == pytest.approx(
+        m["accuracy"] - same["prior"]["features"][name]["accuracy"])
+  assert ex["label"]["advantage_over_prior"] == pytest.approx(
+      ex["label"]["accuracy"] - same["prior"]["label"]["accuracy"])
+  # One ceilings call per record set: every target, and EXACT's own.
+  sizes = dict(spied)
+  assert sorted(sizes) == sorted({ex["num_records"], prior["num_records"]}), sizes
+  assert ex["ceilings"] == sizes[ex["num_records"]]
+  assert got["ceilings"] == sizes[prior["num_records"]]
+  assert ex["ceilings"] != got["ceilings"]  # kappa differs between the sets
+  for name, m in [*ex["features"].items(), ("label", ex["label"])]:
+    assert m["audit"]["ceiling"] == ex["ceilings"][name]
