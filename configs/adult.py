@@ -6,7 +6,9 @@ Training alone:
   python scripts/train.py --config=configs/adult.py --workdir=/tmp/splitjax/adult
 Smoke variant (seconds): --config=configs/adult.py:smoke
 Variants (comma-separated): smoke; numeric (age, hours-per-week private
-numerics with sex and race); fsl (100 clients, stale knowledge).
+numerics with sex and race); fsl (100 clients, stale knowledge); combined
+(the main job plus every sigma with label DP at epsilon_label 1 and 3:
+results/adult/combined/).
 Attack: python scripts/attack.py --config=configs/adult.py --workdir=/tmp/splitjax/adult_attack
 
 Expected (training alone): ~40 s on a 2-core CPU; test AUC ~0.91 after 3
@@ -26,10 +28,12 @@ def get_config(arg=None):
   # label DP at two epsilons, 3 seeds, EXACT, Bayesian EXACT and baselines.
   configlib.main_sweep(c)
   variants = set(arg.split(",")) if arg else set()
-  unknown = variants - {"smoke", "numeric", "fsl"}
+  unknown = variants - {"smoke", "numeric", "fsl", "combined"}
   if unknown:
     raise ValueError(f"unknown config variants {sorted(unknown)}; known: "
-                     "smoke, numeric, fsl")
+                     "smoke, numeric, fsl, combined")
+  if "combined" in variants:
+    c.sweep.noise_with_label_epsilons = (1.0, 3.0)
   if "numeric" in variants:
     # Age and hours-per-week private numerics, with sex and race: EXACT runs
     # over their integer grids (~1.5e5 candidates per record with the label),

@@ -125,8 +125,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Sweeps (scripts/sweep.py): a grid of settings x seeds, seeds aggregated.
   # The settings: no defence; per-record clipping to defence.clip_norm plus
   # Gaussian noise at each sigma (or at the sigma calibrated to each target
-  # epsilon); label DP alone at each epsilon_label; and a server-features-only
-  # model. Each knowledge setting is one shape group (its own program).
+  # epsilon); label DP alone at each epsilon_label; clip + noise with label
+  # DP, every noise setting at each of noise_with_label_epsilons; and a
+  # server-features-only model. Each knowledge setting is one shape group
+  # (its own program).
   c.sweep = ml_collections.ConfigDict()
   c.sweep.seeds = (0, 1, 2)
   c.sweep.undefended = True
@@ -134,6 +136,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sweep.noise_multipliers = ()
   c.sweep.target_epsilons = ()
   c.sweep.label_epsilons = ()
+  c.sweep.noise_with_label_epsilons = ()
   c.sweep.knowledge = ()  # () = (view.knowledge,)
   c.sweep.max_group_size = 0  # runs vmapped per program; 0 = a whole group
   c.sweep.max_view_gb = 8.0  # refuse batches whose captured views exceed this
@@ -255,12 +258,18 @@ def check(config: ml_collections.ConfigDict) -> None:
   sw = config.sweep
   _need(len(sw.seeds) > 0 and len(set(sw.seeds)) == len(sw.seeds), "sweep.seeds",
         f"needs distinct seeds, got {tuple(sw.seeds)}")
-  for name in ("noise_multipliers", "target_epsilons", "label_epsilons"):
+  for name in ("noise_multipliers", "target_epsilons", "label_epsilons",
+               "noise_with_label_epsilons"):
     values = tuple(getattr(sw, name))
     _need(all(v > 0 for v in values) and len(set(values)) == len(values),
           f"sweep.{name}", f"needs distinct positive values, got {values}")
-  _need(all(map(defences.label_epsilon_ok, sw.label_epsilons)), "sweep.label_epsilons",
-        f"each must be <= {defences.MAX_LABEL_EPSILON:g} or inf, got {tuple(sw.label_epsilons)}")
+  for name in ("label_epsilons", "noise_with_label_epsilons"):
+    values = tuple(getattr(sw, name))
+    _need(all(map(defences.label_epsilon_ok, values)), f"sweep.{name}",
+          f"each must be <= {defences.MAX_LABEL_EPSILON:g} or inf, got {values}")
+  _need(not sw.noise_with_label_epsilons or sw.noise_multipliers or sw.target_epsilons,
+        "sweep.noise_with_label_epsilons", "adds label DP to the clip + noise "
+        "settings, and sweep.noise_multipliers and sweep.target_epsilons are empty")
   for k in sw.knowledge:
     _need(k in KNOWLEDGE, "sweep.knowledge",
           f"unknown {k!r}; known: {list(KNOWLEDGE)}")
@@ -277,7 +286,24 @@ def check(config: ml_collections.ConfigDict) -> None:
         f"{sorted(needs_model)} need the device model; view.knowledge is 'none'")
 
 
+# Fields added after results were committed: at these values they change
+# nothing, and the hash leaves them out, so that those results keep theirs.
+_ADDED = {"sweep": {"noise_with_label_epsilons": ()}}
+
+
+def _hashed(tree: dict) -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      value = _hashed(value)
+      for field, neutral in _ADDED.get(key, {}).items():
+        if field in value and tuple(value[field]) == neutral:
+          del value[field]
+    out[key] = value
+  return out
+
+
 def config_hash(config: ml_collections.ConfigDict) -> str:
   """A short, stable hash of the whole config."""
-  text = json.dumps(config.to_dict(), sort_keys=True, default=str)
+  text = json.dumps(_hashed(config.to_dict()), sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -240,10 +240,25 @@ def _save(fig, path: str) -> None:
     raise
 
 
-def _series(rows, defence):
-  """Rows of one defence sorted by epsilon (its x value)."""
-  key = "epsilon_total" if defence == "noise" else "epsilon_label"
-  sel = [r for r in rows if r["defence"] == defence and math.isfinite(r[key])]
+def _styles(rows) -> list[tuple]:
+  """(defence, label epsilon or None, line style, legend) of each series: the
+  noise settings and label DP alone, and the noise settings at each label
+  epsilon they are combined with."""
+  out = [("noise", None, "o-", "cut-layer clip + noise (x: epsilon)"),
+         ("label_dp", None, "s--", "label DP (x: epsilon_label)")]
+  both = sorted({r["label_epsilon"] for r in rows if r["defence"] == "noise+label_dp"})
+  for i, eps in enumerate(both):
+    out.append(("noise+label_dp", eps, "^vD<>"[i % 5] + "-.",
+                f"clip + noise + label DP {_eps(eps)} (x: epsilon total)"))
+  return out
+
+
+def _series(rows, defence, label_epsilon=None):
+  """Rows of one defence (at one label epsilon) sorted by epsilon (its x
+  value: epsilon_label for label DP alone, else the total)."""
+  key = "epsilon_label" if defence == "label_dp" else "epsilon_total"
+  sel = [r for r in rows if r["defence"] == defence and math.isfinite(r[key])
+         and label_epsilon in (None, r["label_epsilon"])]
   return sorted(sel, key=lambda r: r[key]), key
 
 
@@ -255,12 +270,11 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
   names = tuple(config.attack.names)
   none = next((r for r in rows if r["defence"] == "none"), None)
   so = next((r for r in rows if r["defence"] == "server_only"), None)
-  styles = {"noise": ("o-", "cut-layer clip + noise (x: epsilon)"),
-            "label_dp": ("s--", "label DP (x: epsilon_label)")}
+  styles = _styles(rows)
 
   fig, ax = plt.subplots(figsize=(6, 4))
-  for defence, (style, label) in styles.items():
-    sel, key = _series(rows, defence)
+  for defence, label_eps, style, label in styles:
+    sel, key = _series(rows, defence, label_eps)
     if sel:
       ax.errorbar([r[key] for r in sel], [r["test_auc"] for r in sel],
                   yerr=[np.nan_to_num(r["test_auc_ci95"]) for r in sel],
@@ -281,20 +295,23 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
   fig, axes = plt.subplots(1, len(tgts), figsize=(3.6 * len(tgts), 3.6), squeeze=False)
   colours = {a: f"C{i}" for i, a in enumerate(names)}
   for ax, t in zip(axes[0], tgts):
-    # Label DP protects only the label: its series is drawn on the label panel.
-    for defence in ("noise", "label_dp") if t == "label" else ("noise",):
-      style, _ = styles[defence]
-      sel, key = _series(rows, defence)
+    # Label DP protects only the label: its series, alone and with noise,
+    # are drawn on the label panel.
+    for defence, label_eps, style, _ in styles:
+      if t != "label" and defence != "noise":
+        continue
+      sel, key = _series(rows, defence, label_eps)
+      name = defence if label_eps is None else f"{defence} {_eps(label_eps)}"
       for a in names:
         if a in MODEL_ATTACKS or a.startswith("label_"):
           pts = [(r[key], r[f"{a}/{t}"]) for r in sel if f"{a}/{t}" in r]
           if pts:
             ax.plot(*zip(*pts), style, ms=4, color=colours[a],
-                    label=f"{ATTACK_TITLES[a]}, {defence}")
+                    label=f"{ATTACK_TITLES[a]}, {name}")
       caps = [(r[key], r[f"ceiling/{t}"]) for r in sel if f"ceiling/{t}" in r]
       if caps:
         ax.plot(*zip(*caps), "k" + style[1:], lw=1, alpha=0.5,
-                label=f"audit ceiling, {defence}")
+                label=f"audit ceiling, {name}")
     for a, ls in (("prior", ":"), ("server_model", "-.")):
       vals = [r[f"{a}/{t}"] for r in rows if f"{a}/{t}" in r]
       if vals:

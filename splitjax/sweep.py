@@ -50,7 +50,7 @@ from splitjax.errors import ConfigError
 class Setting:
   """One row of the table: a defence at one strength, under one knowledge."""
   key: str
-  defence: str               # none | noise | label_dp | server_only
+  defence: str               # none | noise | label_dp | noise+label_dp | server_only
   knowledge: str
   noise_multiplier: float = 0.0
   target_epsilon: float = 0.0
@@ -75,6 +75,10 @@ class Batch(NamedTuple):
   runs: tuple[Run, ...]
 
 
+# The defences that clip and noise the cut-layer gradients.
+NOISY = ("noise", "noise+label_dp")
+
+
 def _fmt(x: float) -> str:
   return f"{x:g}"
 
@@ -90,17 +94,24 @@ def grid(config) -> list[Setting]:
       out.append(Setting(prefix + "server_only", "server_only", k))
     if sw.undefended:
       out.append(Setting(prefix + "none", "none", k))
-    for sigma in sw.noise_multipliers:
-      out.append(Setting(f"{prefix}noise_sigma{_fmt(sigma)}", "noise", k,
-                         noise_multiplier=float(sigma)))
+    noise = [Setting(f"{prefix}noise_sigma{_fmt(sigma)}", "noise", k,
+                     noise_multiplier=float(sigma)) for sigma in sw.noise_multipliers]
     for eps in sw.target_epsilons:
       sigma = accounting.calibrate_noise_multiplier(eps, config.train.num_epochs,
                                                     d.delta, d.accountant)
-      out.append(Setting(f"{prefix}noise_eps{_fmt(eps)}", "noise", k,
-                         noise_multiplier=sigma, target_epsilon=float(eps)))
+      noise.append(Setting(f"{prefix}noise_eps{_fmt(eps)}", "noise", k,
+                           noise_multiplier=sigma, target_epsilon=float(eps)))
+    out += noise
     for eps in sw.label_epsilons:
       out.append(Setting(f"{prefix}label_eps{_fmt(eps)}", "label_dp", k,
                          label_epsilon=float(eps)))
+    # Both defences: each noise setting (its target epsilon is the cut
+    # layer's alone) with label DP at each of these.
+    for s in noise:
+      for eps in sw.noise_with_label_epsilons:
+        out.append(dataclasses.replace(
+            s, key=f"{s.key}_label_eps{_fmt(eps)}", defence="noise+label_dp",
+            label_epsilon=float(eps)))
   if not any(s.defence != "server_only" for s in out):
     raise ConfigError("sweep: no settings to attack; set sweep.undefended or give "
                       "sweep.noise_multipliers, sweep.target_epsilons or "
@@ -161,7 +172,7 @@ def check_view_memory(config, spec, batches: list[Batch]) -> None:
 def mechanism(config, setting: Setting) -> dict:
   """The Setting fields (training.Setting) of a sweep setting."""
   c = config.defence.clip_norm
-  noisy = setting.defence == "noise"
+  noisy = setting.defence in NOISY
   return dict(clip_norm=c if noisy else 0.0,
               noise_stddev=setting.noise_multiplier * c if noisy else 0.0,
               noise_multiplier=setting.noise_multiplier if noisy else 0.0,
@@ -175,7 +186,7 @@ def _accounting(config, spec, setting: Setting, cache: dict) -> list[dict]:
     d = config.defence
     cache[key] = accounting.report(
         clip_norm=d.clip_norm, noise_multiplier=mech["noise_multiplier"],
-        clip=setting.defence == "noise", label_epsilon_=mech["label_epsilon"],
+        clip=setting.defence in NOISY, label_epsilon_=mech["label_epsilon"],
         num_classes=spec.model.num_classes, num_epochs=config.train.num_epochs,
         batch_size=spec.batch_size if spec.mode == "sl" else spec.client_batch_size,
         num_train=spec.num_train if spec.mode == "sl" else spec.records_per_client,

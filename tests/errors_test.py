@@ -224,8 +224,8 @@ def test_cli_bad_input_exits_nonzero_with_one_line_and_no_workdir(tmp_path, conf
     ("--config=configs/synthetic.py:no_variant",
      "unknown config variant 'no_variant'; known: smoke"),
     ("--config=configs/all_datasets.py:adultt",
-     "unknown config variants ['adultt']; known: smoke, numeric, fsl; data sets: adult, "
-     "bank_marketing, movielens_100k"),
+     "unknown config variants ['adultt']; known: smoke, numeric, fsl, combined; data sets: "
+     "adult, bank_marketing, movielens_100k"),
     ("--config={tmp}/returns_int.py",
      "--config: get_config() returned int, not a ConfigDict"),
     ("--config={tmp}/fails_on_import.py",

@@ -1,5 +1,6 @@
 """The sweep job: grid, vmapped == one by one, kill-and-resume, refusals."""
 
+import hashlib
 import json
 import math
 import os
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, config_file, small_config
-from splitjax import report, sweep, workdir as wd
+from splitjax import configlib, report, sweep, workdir as wd
 from splitjax.errors import ConfigError
 
 # configs/synthetic.py:smoke with a small grid: server-only, none, one sigma,
@@ -197,14 +198,30 @@ def test_fsl_sweep_over_knowledge_settings_with_a_target_epsilon(tmp_path):
 def test_label_only_sweep_without_private_features(tmp_path):
   # The device holds only the label: EXACT and Bayes enumerate the labels
   # alone (this crashed in the candidate encoding before 2026-12-04).
-  rows = sweep.run(_grid_config(data__private_features=(), sweep__label_epsilons=(),
-                                sweep__noise_multipliers=(2.0,), sweep__plots=True),
+  # Clip + noise also runs with label DP on top (noise_with_label_epsilons).
+  rows = sweep.run(_grid_config(data__private_features=(), sweep__label_epsilons=(1.0,),
+                                sweep__noise_multipliers=(2.0,),
+                                sweep__noise_with_label_epsilons=(1.0,), sweep__plots=True),
                    str(tmp_path))
   _assert_plots(tmp_path, ["auc_vs_epsilon.png", "attack_vs_epsilon.png",
                            "accuracy_over_epochs.png"])  # The label panel alone.
-  undefended = {r["setting"]: r for r in rows}["none"]
+  by = {r["setting"]: r for r in rows}
+  assert list(by) == ["server_only", "none", "noise_sigma2", "label_eps1",
+                      "noise_sigma2_label_eps1"]
+  undefended = by["none"]
   assert undefended["exact/label"] == 1.0 and undefended["bayes_exact/label"] == 1.0
   assert not any(k.startswith("exact/p_cat") for k in undefended)
+  # Both defences: the noise setting's cut-layer epsilon, plus label DP's;
+  # the label's ceiling is the tighter of the two mechanisms' (SPEC 4), so at
+  # most either one's alone.
+  both, noise, label = by["noise_sigma2_label_eps1"], by["noise_sigma2"], by["label_eps1"]
+  assert (both["defence"], both["noise_multiplier"], both["label_epsilon"]) == (
+      "noise+label_dp", 2.0, 1.0)
+  assert both["clip_norm"] == noise["clip_norm"] > 0
+  assert both["epsilon_pld"] == noise["epsilon_pld"]
+  assert both["epsilon_total"] == pytest.approx(noise["epsilon_pld"] + 1.0)
+  assert both["ceiling/label"] <= min(noise["ceiling/label"], label["ceiling/label"]) + 1e-6
+  assert both["ceiling/label"] < noise["ceiling/label"] - 0.01, (both, noise)
 
 
 def test_sweep_config_errors(tmp_path):
@@ -223,7 +240,28 @@ def test_sweep_config_errors(tmp_path):
   c.sweep.seeds = (0, 0)
   with pytest.raises(ConfigError, match="sweep.seeds: needs distinct seeds"):
     sweep.run(c, str(tmp_path / "c"))
+  c = _grid_config(sweep__noise_multipliers=(), sweep__noise_with_label_epsilons=(1.0,))
+  with pytest.raises(ConfigError, match=r"sweep.noise_with_label_epsilons: adds label "
+                     r"DP to the clip \+ noise settings, and sweep.noise_multipliers "
+                     r"and sweep.target_epsilons are empty"):
+    sweep.run(c, str(tmp_path / "d"))
+  c = _grid_config(sweep__noise_with_label_epsilons=(3.0, 12.0))
+  with pytest.raises(ConfigError, match=r"sweep.noise_with_label_epsilons: each must "
+                     r"be <= 10 or inf, got \(3.0, 12.0\)"):
+    sweep.run(c, str(tmp_path / "e"))
   assert not os.listdir(tmp_path)
+
+
+def test_a_field_added_at_its_neutral_value_keeps_the_config_hash():
+  # Committed results carry the hash of configs without
+  # sweep.noise_with_label_epsilons; at () it is left out of the hash.
+  c = _grid_config()
+  before = c.to_dict()
+  del before["sweep"]["noise_with_label_epsilons"]
+  text = json.dumps(before, sort_keys=True, default=str)
+  assert configlib.config_hash(c) == hashlib.sha256(text.encode()).hexdigest()[:12]
+  c.sweep.noise_with_label_epsilons = (1.0,)
+  assert configlib.config_hash(c) != hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def test_ci95_known_answers():
