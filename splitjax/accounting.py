@@ -24,6 +24,7 @@ This module imports no model code.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import dp_accounting
@@ -125,11 +126,8 @@ def report(*, clip_norm: float, noise_multiplier: float, clip: bool,
   steps_per_epoch = num_train // batch_size
   for e in range(1, num_epochs + 1):
     if private:
-      ev = cut_layer_event(noise_multiplier, e)
-      eps_pld, eps_rdp = epsilon(ev, delta, "pld"), epsilon(ev, delta, "rdp")
-      eps_dpsgd = _quietly(lambda: epsilon(
-          dpsgd_event(noise_multiplier, batch_size / num_train, e * steps_per_epoch),
-          delta, "rdp"))
+      eps_pld, eps_rdp, eps_dpsgd = _cut_layer_epsilons(
+          noise_multiplier, e, delta, batch_size / num_train, e * steps_per_epoch)
       mu = mu_gdp(noise_multiplier, e)
     else:
       eps_pld = eps_rdp = eps_dpsgd = mu = math.inf
@@ -139,6 +137,18 @@ def report(*, clip_norm: float, noise_multiplier: float, clip: bool,
                  "epsilon_total": eps_pld + (0.0 if math.isinf(label_epsilon_) else eps_label),
                  "epsilon_dpsgd_not_this_threat_model": eps_dpsgd})
   return rows
+
+
+@functools.lru_cache(maxsize=256)
+def _cut_layer_epsilons(noise_multiplier: float, num_epochs: int, delta: float,
+                        sampling_probability: float, steps: int
+                        ) -> tuple[float, float, float]:
+  """(PLD, RDP, DP-SGD-style) epsilon of the cut layer's releases; cached,
+  since a sweep reports one noise multiplier at several label epsilons."""
+  ev = cut_layer_event(noise_multiplier, num_epochs)
+  return (epsilon(ev, delta, "pld"), epsilon(ev, delta, "rdp"), _quietly(
+      lambda: epsilon(dpsgd_event(noise_multiplier, sampling_probability, steps),
+                      delta, "rdp")))
 
 
 def mu_gdp(noise_multiplier: float, num_epochs: int) -> float:
