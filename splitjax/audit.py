@@ -11,7 +11,9 @@ probability at most 1 - f(kappa).
 - Randomized response (eps-DP): f(a) = max(0, 1 - e^eps a, e^-eps (1 - a)).
 
 With a per-record prior, each record's kappa_i (the prior's probability of its
-most likely value) gives a ceiling and the ceilings are averaged. The prior
+most likely value) gives a ceiling and the ceilings are averaged. A private
+numeric's success is a guess within half a unit of the truth
+(`numeric_kappa`). The prior
 is estimated, so its kappa is held to what a guess without the mechanism's
 output measurably achieves (`kappa_of`). With label
 DP the label's ceiling is the tighter of the two. A measured accuracy whose
@@ -89,6 +91,21 @@ def kappa_of(log_probs: np.ndarray, accuracy: float, mask: np.ndarray) -> np.nda
     else:
       hi = mid
   return at(math.exp(lo))
+
+
+def numeric_kappa(scale: float, half_width: float, accuracy: float) -> float:
+  """kappa of a private numeric, where a guess succeeds within `half_width`
+  of the truth (normalised units; the scores' accuracy_within_half_unit).
+
+  The prior is a Laplace of `scale` around a regression of x_s (the server
+  model's, with its held-out mean absolute error as scale: Bayes's numeric
+  prior), so the best prior-only guess is its centre and succeeds with the
+  mass within `half_width` of it, 1 - exp(-half_width / scale), for every
+  record alike. Like `kappa_of`, it is held to `accuracy`, the best measured
+  prior-only guess's success.
+  """
+  mass = 1.0 if scale <= 0 else 1.0 - math.exp(-half_width / scale)
+  return max(mass, accuracy)
 
 
 def gaussian_ceiling(kappa: np.ndarray, mu: float) -> float:

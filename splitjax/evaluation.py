@@ -223,9 +223,8 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
               confidence=confidence)
   guess = score(schema, dataset.train, None, targets, prior_pred.cat, prior_pred.num,
                 prior_pred.label)
-  accuracy = lambda scores, k: (scores["label"] if k == "label"
-                                else scores["features"][k])["accuracy"]
-  best = {k: max(accuracy(fit, k), accuracy(guess, k)) for k in log_probs}
+  numerics = [f.name for f in schema.private_numeric]
+  best = {k: max(_accuracy(fit, k), _accuracy(guess, k)) for k in [*log_probs, *numerics]}
   logging.info("server model (the audit's prior kappa) on the %d target records, "
                "mean kappa / accuracy: %s", targets.sum(), ", ".join(
                    f"{k} {e['mean_confidence']:.3f}/{e['accuracy']:.3f}"
@@ -239,19 +238,36 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
     # is the best such guess's success, so it is held to this one as well.
     start = time.time()
     ctx.prior_guesses[kind] = prior_guess(ctx, kind, space)
-    cat, _, label, _ = ctx.prior_guesses[kind]
-    alone = score(schema, dataset.train, None, targets, cat, None, label)
-    best.update({k: max(best[k], accuracy(alone, k)) for k in log_probs})
+    cat, num, label, _ = ctx.prior_guesses[kind]
+    alone = score(schema, dataset.train, None, targets, cat, num, label)
+    best.update({k: max(v, _accuracy(alone, k)) for k, v in best.items()})
     logging.info("Bayes's %s prior alone on the targets (%.1f s), accuracy: %s",
                  kind, time.time() - start,
-                 ", ".join(f"{k} {accuracy(alone, k):.4f}" for k in log_probs))
+                 ", ".join(f"{k} {_accuracy(alone, k):.4f}" for k in best))
   ctx.kappa = kappa = {k: audit.kappa_of(v, best[k], targets) for k, v in log_probs.items()}
-  raised = [f"{k} {confidence[k][targets].mean():.4f} -> {kappa[k][targets].mean():.4f}"
-            for k in kappa if kappa[k][targets].mean() > confidence[k][targets].mean() + 1e-6]
+  # A numeric's kappa (success: within half a unit of the truth) is the same
+  # for every record: the mass of Bayes's Laplace prior there.
+  prior_kappa = dict(confidence)
+  for k, f in enumerate(schema.private_numeric):
+    args = float(sm.num_scale[k]), 0.5 / f.std
+    prior_kappa[f.name] = np.full(n, audit.numeric_kappa(*args, 0.0))
+    kappa[f.name] = np.full(n, audit.numeric_kappa(*args, best[f.name]))
+    logging.info("%s: the Laplace prior's kappa (within half a unit) %.4f, the "
+                 "best prior-only guess's rate %.4f", f.name, prior_kappa[f.name][0],
+                 best[f.name])
+  raised = [f"{k} {prior_kappa[k][targets].mean():.4f} -> {kappa[k][targets].mean():.4f}"
+            for k in kappa if kappa[k][targets].mean() > prior_kappa[k][targets].mean() + 1e-6]
   if raised:
     logging.info("the audit's kappa, sharpened to the prior-only guesses' accuracy: %s",
                  ", ".join(raised))
   return ctx
+
+
+def _accuracy(scores: dict, name: str) -> float:
+  """An attribute's success rate in `score`'s output: accuracy, or for a
+  numeric the rate within half a unit of the truth."""
+  m = scores["label"] if name == "label" else scores["features"][name]
+  return m["accuracy"] if "accuracy" in m else m["accuracy_within_half_unit"]
 
 
 def fit_args(server_model_config, seed: int) -> dict:
@@ -426,11 +442,13 @@ def _audit(per: dict, caps: dict, epoch: int, own: dict) -> list[str]:
   for name, m in per.items():
     for attr, ceiling in own.get(name, caps).items():
       entry = m.get("label") if attr == "label" else m["features"].get(attr)
-      if entry and "accuracy" in entry:
-        entry["audit"] = audit.check(entry["accuracy"], m["num_records"], ceiling)
+      metric = next((k for k in ("accuracy", "accuracy_within_half_unit")
+                     if entry and k in entry), None)
+      if metric:
+        entry["audit"] = audit.check(entry[metric], m["num_records"], ceiling)
         if entry["audit"]["violation"]:
-          violations.append(f"epoch {epoch} {name} {attr}: accuracy "
-                            f"{entry['accuracy']:.4f} > ceiling {ceiling:.4f}")
+          violations.append(f"epoch {epoch} {name} {attr}: {metric} "
+                            f"{entry[metric]:.4f} > ceiling {ceiling:.4f}")
   return violations
 
 

@@ -66,6 +66,10 @@ def _entry(attacks: dict, name: str, target: str) -> dict | None:
   return m.get("label") if target == "label" else m["features"].get(target)
 
 
+# A numeric's success rate: the guesses within half a unit of the truth.
+WITHIN = "within_half_unit"
+
+
 def _attack_value(entry: dict | None):
   """Accuracy, or for a numeric feature its MAE in standard deviations."""
   if entry is None:
@@ -122,6 +126,9 @@ def aggregate(config, schema, settings, records: list[dict], provenance: dict
         if any(v is not None for v in values):
           kind = _attack_value(_entry(recs[0]["attacks"][epoch], a, t))[1]
           put(f"{a}/{t}" + ("" if kind == "acc" else "/mae_std"), values)
+          if kind == "mae":  # and the rate the audit's ceiling bounds
+            put(f"{a}/{t}/{WITHIN}", [(_entry(r["attacks"].get(epoch, {}), a, t) or {})
+                                      .get("accuracy_within_half_unit") for r in recs])
       caps = [r["attacks"].get(epoch, {}).get("ceilings", {}).get(t) for r in recs]
       if any(c is not None for c in caps):
         row[f"ceiling/{t}"] = float(np.mean([c for c in caps if c is not None]))
@@ -213,17 +220,23 @@ def to_markdown(rows: list[dict], schema, config, provenance: dict) -> str:
     if not cols:
       continue
     numeric = any(f"{a}/{t}/mae_std" in r for a in cols for r in rows)
-    lines += ["", f"## {t}: attack {'MAE (std units)' if numeric else 'accuracy'}", "",
-              "| setting | " + " | ".join(ATTACK_TITLES[a] for a in cols)
-              + " | audit ceiling |",
-              "|---" * (len(cols) + 2) + "|"]
-    for r in rows:
-      if r["defence"] == "server_only":
-        continue
-      cells = [_cell(r, f"{a}/{t}") or _cell(r, f"{a}/{t}/mae_std") for a in cols]
-      cap = r.get(f"ceiling/{t}")
-      lines.append(f"| {r['setting']} | " + " | ".join(cells)
-                   + f" | {'' if cap is None else f'{cap:.3f}'} |")
+    # A numeric: its MAE, then the rate within half a unit, which the audit's
+    # ceiling bounds.
+    tables = ([("MAE (std units)", "/mae_std", False),
+               ("rate within half a unit of the truth", f"/{WITHIN}", True)]
+              if numeric else [("accuracy", "", True)])
+    for title, suffix, capped in tables:
+      lines += ["", f"## {t}: attack {title}", "",
+                "| setting | " + " | ".join(ATTACK_TITLES[a] for a in cols)
+                + (" | audit ceiling |" if capped else " |"),
+                "|---" * (len(cols) + 1 + capped) + "|"]
+      for r in rows:
+        if r["defence"] == "server_only":
+          continue
+        cells = [_cell(r, f"{a}/{t}{suffix}") for a in cols]
+        cap = r.get(f"ceiling/{t}")
+        lines.append(f"| {r['setting']} | " + " | ".join(cells) + (
+            f" | {'' if cap is None else f'{cap:.3f}'} |" if capped else " |"))
   return "\n".join(lines) + "\n"
 
 
@@ -251,6 +264,13 @@ def _styles(rows) -> list[tuple]:
     out.append(("noise+label_dp", eps, "^vD<>"[i % 5] + "-.",
                 f"clip + noise + label DP {_eps(eps)} (x: epsilon total)"))
   return out
+
+
+def _rate(row: dict, attack: str, target: str) -> str:
+  """The row's key of an attack's success on a target: its accuracy, or for
+  a numeric its rate within half a unit (what the audit bounds)."""
+  key = f"{attack}/{target}"
+  return key if key in row else f"{key}/{WITHIN}"
 
 
 def _series(rows, defence, label_epsilon=None):
@@ -304,7 +324,7 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
       name = defence if label_eps is None else f"{defence} {_eps(label_eps)}"
       for a in names:
         if a in MODEL_ATTACKS or a.startswith("label_"):
-          pts = [(r[key], r[f"{a}/{t}"]) for r in sel if f"{a}/{t}" in r]
+          pts = [(r[key], r[_rate(r, a, t)]) for r in sel if _rate(r, a, t) in r]
           if pts:
             ax.plot(*zip(*pts), style, ms=4, color=colours[a],
                     label=f"{ATTACK_TITLES[a]}, {name}")
@@ -313,11 +333,12 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
         ax.plot(*zip(*caps), "k" + style[1:], lw=1, alpha=0.5,
                 label=f"audit ceiling, {name}")
     for a, ls in (("prior", ":"), ("server_model", "-.")):
-      vals = [r[f"{a}/{t}"] for r in rows if f"{a}/{t}" in r]
+      vals = [r[_rate(r, a, t)] for r in rows if _rate(r, a, t) in r]
       if vals:
         ax.axhline(float(np.mean(vals)), color="gray", ls=ls, lw=1, label=ATTACK_TITLES[a])
     ax.set_xscale("log")
-    ax.set_title(t, fontsize=9)
+    numeric = any(f"{a}/{t}/{WITHIN}" in r for a in names for r in rows)
+    ax.set_title(f"{t} (within half a unit)" if numeric else t, fontsize=9)
     ax.set_xlabel("epsilon")
   axes[0, 0].set_ylabel("attack accuracy")
   handles, labels = axes[0, -1].get_legend_handles_labels()
@@ -334,12 +355,15 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
   fig, axes = plt.subplots(1, len(tgts) + 1, figsize=(3.2 * (len(tgts) + 1), 3.2),
                            squeeze=False)
   for ax, t in zip(axes[0], tgts):
+    kinds = set()
     for a in names:
-      ys = [np.mean([_nan(_attack_value(_entry(r["attacks"][str(e)], a, t))[0])
-                     for r in recs]) for e in epochs]
+      got = [[_attack_value(_entry(r["attacks"][str(e)], a, t)) for r in recs]
+             for e in epochs]
+      kinds |= {k for per_epoch in got for _, k in per_epoch if k}
+      ys = [np.mean([_nan(v) for v, _ in per_epoch]) for per_epoch in got]
       if not all(np.isnan(ys)):
         ax.plot(epochs, ys, "o-", ms=4, color=colours[a], label=ATTACK_TITLES[a])
-    ax.set_title(t, fontsize=9)
+    ax.set_title(f"{t} (MAE, sd)" if "mae" in kinds else t, fontsize=9)
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
   axes[0, 0].set_ylabel("attack accuracy (no defence)")

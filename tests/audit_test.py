@@ -1,5 +1,6 @@
 """Audit: ceilings from trade-off functions; a planted cheat is flagged."""
 
+import json
 import math
 import types
 
@@ -92,6 +93,49 @@ def test_kappa_of_sharpens_an_underconfident_prior_to_the_accuracy():
   # Ties cap it: a uniform prior cannot be sharpened.
   flat = np.full((10, 4), np.log(0.25))
   np.testing.assert_allclose(audit.kappa_of(flat, 0.9, np.ones(10, bool)), 0.25)
+
+
+def test_numeric_kappa_is_the_laplace_mass_held_to_the_accuracy():
+  # Success within h of the truth under a Laplace(scale b) prior: the best
+  # guess is the centre, with mass 1 - exp(-h / b).
+  assert audit.numeric_kappa(1.0, 0.5, 0.0) == pytest.approx(1 - math.exp(-0.5))
+  assert audit.numeric_kappa(0.25, 0.5, 0.0) == pytest.approx(1 - math.exp(-2))
+  assert audit.numeric_kappa(1.0, 0.5, 0.6) == 0.6  # a better measured guess
+  assert audit.numeric_kappa(0.0, 0.5, 0.0) == 1.0  # a regression without error
+
+
+def test_a_cheat_on_a_private_numeric_fails_the_audit(tmp_path, monkeypatch):
+  # A private numeric is audited on its rate within half a unit of the
+  # truth, against a ceiling from the Laplace prior's kappa. Honest
+  # baselines pass under noise (sigma 4, 2 epochs: mu 0.71, ceiling well
+  # under 1); an "optimiser" handed the true values does not.
+  from splitjax.attacks import gradmatch
+  c = small_config(data__private_features=("p_cat_0", "p_num_0"),
+                   data__synthetic__num_private_numeric=1,
+                   data__synthetic__num_examples=1600, defence__clip=True,
+                   defence__noise=True, defence__clip_norm=0.05,
+                   defence__noise_multiplier=4.0)
+  c.attack.names = ("prior", "server_model", "gradmatch")
+  c.attack.server_model.num_steps = 100
+  truth = data.load(c.data).train
+
+  def cheat(model, schema, mech, view, aux, n, **kwargs):
+    seen = np.zeros(n, bool)
+    seen[np.asarray(view.ids).ravel()] = True
+    return gradmatch.GradMatchResult(np.zeros((n, 1), np.int32), np.asarray(truth.x_p_num),
+                                     np.zeros(n, np.int32), np.zeros(n, np.float32), seen)
+
+  monkeypatch.setattr(gradmatch, "attack", cheat)
+  with pytest.raises(audit.AuditViolation, match=r"failed .*: epoch 2 gradmatch p_num_0: "
+                     r"accuracy_within_half_unit 1\.0000 > ceiling 0\.\d{4}$"):
+    evaluation.run(c, str(tmp_path / "cheat"))
+  got = json.loads((tmp_path / "cheat" / "attack_metrics.json").read_text())["epochs"]["2"]
+  assert 0.3 < got["ceilings"]["p_num_0"] < 0.95, got["ceilings"]
+  for name in ("prior", "server_model"):  # the honest ones pass
+    entry = got[name]["features"]["p_num_0"]
+    assert entry["audit"]["ceiling"] == got["ceilings"]["p_num_0"]
+    assert not entry["audit"]["violation"], (name, entry)
+  assert got["gradmatch"]["features"]["p_num_0"]["audit"]["violation"]
 
 
 def test_an_underconfident_prior_does_not_fail_a_baseline_at_huge_sigma(tmp_path,

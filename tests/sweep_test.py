@@ -224,6 +224,34 @@ def test_label_only_sweep_without_private_features(tmp_path):
   assert both["ceiling/label"] < noise["ceiling/label"] - 0.01, (both, noise)
 
 
+def test_a_private_numeric_is_tabled_by_mae_and_by_its_audited_rate(tmp_path):
+  # A numeric's table gives its MAE (no ceiling beside it), then its rate
+  # within half a unit of the truth with the audit's ceiling, which bounds
+  # that rate; the CSV holds both.
+  c = _grid_config(data__private_features=("p_cat_0", "p_num_0"),
+                   data__synthetic__num_private_numeric=1, sweep__label_epsilons=(),
+                   sweep__noise_multipliers=(1.0,), sweep__seeds=(0,),
+                   attack__names=("prior", "server_model", "exact"),
+                   attack__exact__numeric_grids=("p_num_0:-3:3:0.5",))
+  rows = sweep.run(c, str(tmp_path))
+  noise = {r["setting"]: r for r in rows}["noise_sigma1"]
+  for a in ("prior", "server_model", "exact"):
+    assert 0 < noise[f"{a}/p_num_0/mae_std"] and 0 <= noise[f"{a}/p_num_0/within_half_unit"] <= 1
+    assert f"{a}/p_num_0" not in noise
+  assert noise["server_model/p_num_0/within_half_unit"] <= noise["ceiling/p_num_0"] < 1.0
+  md = (tmp_path / "privacy_utility.md").read_text()
+  mae = md.split("## p_num_0: attack MAE (std units)\n\n")[1].split("\n\n")[0].splitlines()
+  rate = md.split("## p_num_0: attack rate within half a unit of the truth\n\n")[1]
+  rate = rate.split("\n\n")[0].splitlines()
+  assert mae[0] == "| setting | prior | server model | EXACT |"
+  assert rate[0] == "| setting | prior | server model | EXACT | audit ceiling |"
+  cap = f"{noise['ceiling/p_num_0']:.3f}"
+  assert rate[-1] == (f"| noise_sigma1 | {noise['prior/p_num_0/within_half_unit']:.3f} | "
+                      f"{noise['server_model/p_num_0/within_half_unit']:.3f} | "
+                      f"{noise['exact/p_num_0/within_half_unit']:.3f} | {cap} |")
+  assert mae[-1].startswith("| noise_sigma1 |") and cap not in mae[-1]
+
+
 def test_sweep_config_errors(tmp_path):
   c = _grid_config()
   c.sweep.undefended = False
