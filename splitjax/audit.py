@@ -12,8 +12,8 @@ probability at most 1 - f(kappa).
 
 With a per-record prior, each record's kappa_i (the prior's probability of its
 most likely value) gives a ceiling and the ceilings are averaged. A private
-numeric's success is a guess within half a unit of the truth
-(`numeric_kappa`). The prior
+numeric's success is a guess within half a unit of the truth (`laplace_kappa`,
+`grid_kappa`, `held_to`). The prior
 is estimated, so its kappa is held to what a guess without the mechanism's
 output measurably achieves (`kappa_of`). With label
 DP the label's ceiling is the tighter of the two. A measured accuracy whose
@@ -93,19 +93,42 @@ def kappa_of(log_probs: np.ndarray, accuracy: float, mask: np.ndarray) -> np.nda
   return at(math.exp(lo))
 
 
-def numeric_kappa(scale: float, half_width: float, accuracy: float) -> float:
+def laplace_kappa(scale: float, half_width: float) -> float:
   """kappa of a private numeric, where a guess succeeds within `half_width`
-  of the truth (normalised units; the scores' accuracy_within_half_unit).
+  of the truth (normalised units; the scores' accuracy_within_half_unit),
+  under a Laplace prior of `scale` around a regression of x_s (Bayes's prior
+  without a grid): the best guess is the centre, which catches
+  1 - exp(-half_width / scale) of the mass, for every record alike."""
+  return 1.0 if scale <= 0 else 1.0 - math.exp(-half_width / scale)
 
-  The prior is a Laplace of `scale` around a regression of x_s (the server
-  model's, with its held-out mean absolute error as scale: Bayes's numeric
-  prior), so the best prior-only guess is its centre and succeeds with the
-  mass within `half_width` of it, 1 - exp(-half_width / scale), for every
-  record alike. Like `kappa_of`, it is held to `accuracy`, the best measured
-  prior-only guess's success.
-  """
-  mass = 1.0 if scale <= 0 else 1.0 - math.exp(-half_width / scale)
-  return max(mass, accuracy)
+
+def grid_kappa(log_prior: np.ndarray, grid, half_width: float,
+               block: int = 4096) -> np.ndarray:
+  """kappa_i of a private numeric from a prior on its grid [N, G] (log, each
+  row normalised): the most mass a guess at a grid value catches within
+  `half_width` of it."""
+  grid = np.asarray(grid, np.float64)
+  lo = np.searchsorted(grid, grid - half_width - 1e-9, "left")
+  hi = np.searchsorted(grid, grid + half_width + 1e-9, "right")
+  out = []
+  for start in range(0, len(log_prior), block):
+    p = np.exp(np.asarray(log_prior[start:start + block], np.float64))
+    cdf = np.concatenate([np.zeros((len(p), 1)), np.cumsum(p, -1)], -1)
+    out.append((cdf[:, hi] - cdf[:, lo]).max(-1))
+  return np.clip(np.concatenate(out), 0.0, 1.0)
+
+
+def held_to(kappa: np.ndarray, accuracy: float, mask: np.ndarray) -> np.ndarray:
+  """A numeric's kappa_i held, like `kappa_of`'s, to `accuracy` (the best
+  measured prior-only guess's success) on the records `mask`: where its mean
+  falls short, every record's failure probability 1 - kappa_i is scaled by
+  the same factor until the mean reaches it (the order of the records
+  stays); otherwise it is kept as it is."""
+  kappa = np.asarray(kappa, np.float64)
+  mean = kappa[mask].mean() if mask.any() else 1.0
+  if mean >= accuracy:
+    return kappa
+  return 1.0 - (1.0 - kappa) * (1.0 - accuracy) / (1.0 - mean)
 
 
 def gaussian_ceiling(kappa: np.ndarray, mu: float) -> float:

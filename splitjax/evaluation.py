@@ -211,7 +211,8 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
   sm = baselines.server_model(aux, server, vocab,
                               [f.vocab_size for f in schema.server_categorical],
                               schema.num_classes,
-                              **fit_args(config.attack.server_model, config.attack.aux_seed))
+                              **fit_args(config.attack.server_model, config.attack.aux_seed),
+                              num_grids=space.grids if space else None)
   log_probs = {f.name: np.asarray(t) for f, t in zip(schema.private_categorical,
                                                       sm.log_probs[0])}
   log_probs["label"] = np.asarray(sm.log_probs[1])
@@ -245,16 +246,21 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
                  kind, time.time() - start,
                  ", ".join(f"{k} {_accuracy(alone, k):.4f}" for k in best))
   ctx.kappa = kappa = {k: audit.kappa_of(v, best[k], targets) for k, v in log_probs.items()}
-  # A numeric's kappa (success: within half a unit of the truth) is the same
-  # for every record: the mass of Bayes's Laplace prior there.
+  # A numeric's kappa (success: within half a unit of the truth): the most
+  # mass a guess catches under Bayes's prior from the server model (on the
+  # grid, the Laplace mixed with the histogram; without one, the Laplace).
   prior_kappa = dict(confidence)
+  on_grid = (baselines.numeric_log_priors(sm.num, sm.num_scale, space.grids,
+                                          sm.num_mixture) if space else ())
   for k, f in enumerate(schema.private_numeric):
-    args = float(sm.num_scale[k]), 0.5 / f.std
-    prior_kappa[f.name] = np.full(n, audit.numeric_kappa(*args, 0.0))
-    kappa[f.name] = np.full(n, audit.numeric_kappa(*args, best[f.name]))
-    logging.info("%s: the Laplace prior's kappa (within half a unit) %.4f, the "
-                 "best prior-only guess's rate %.4f", f.name, prior_kappa[f.name][0],
-                 best[f.name])
+    half = 0.5 / f.std
+    prior_kappa[f.name] = (audit.grid_kappa(on_grid[k], space.grids[k], half) if space
+                           else np.full(n, audit.laplace_kappa(float(sm.num_scale[k]), half)))
+    kappa[f.name] = audit.held_to(prior_kappa[f.name], best[f.name], targets)
+    logging.info("%s: the prior's kappa (within half a unit) %.4f on the targets, "
+                 "the best prior-only guess's rate %.4f%s", f.name,
+                 prior_kappa[f.name][targets].mean(), best[f.name],
+                 f", Laplace weight {sm.num_mixture[k][0]:.2f}" if sm.num_mixture else "")
   raised = [f"{k} {prior_kappa[k][targets].mean():.4f} -> {kappa[k][targets].mean():.4f}"
             for k in kappa if kappa[k][targets].mean() > prior_kappa[k][targets].mean() + 1e-6]
   if raised:
@@ -402,7 +408,7 @@ def _bayes_prior(ctx: AttackContext, kind: str | None = None):
     return None
   # Each private numeric: a Laplace around the server model's regression.
   sm = ctx.server_model
-  numerics = baselines.numeric_log_priors(sm.num, sm.num_scale, grids)
+  numerics = baselines.numeric_log_priors(sm.num, sm.num_scale, grids, sm.num_mixture)
   if kind == "server_model":
     return sm.log_probs[0] + numerics, sm.log_probs[1]
   # The label given x_s and the candidate's x_p: the prior then carries how

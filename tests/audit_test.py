@@ -95,13 +95,27 @@ def test_kappa_of_sharpens_an_underconfident_prior_to_the_accuracy():
   np.testing.assert_allclose(audit.kappa_of(flat, 0.9, np.ones(10, bool)), 0.25)
 
 
-def test_numeric_kappa_is_the_laplace_mass_held_to_the_accuracy():
+def test_numeric_kappa_known_answers():
   # Success within h of the truth under a Laplace(scale b) prior: the best
   # guess is the centre, with mass 1 - exp(-h / b).
-  assert audit.numeric_kappa(1.0, 0.5, 0.0) == pytest.approx(1 - math.exp(-0.5))
-  assert audit.numeric_kappa(0.25, 0.5, 0.0) == pytest.approx(1 - math.exp(-2))
-  assert audit.numeric_kappa(1.0, 0.5, 0.6) == 0.6  # a better measured guess
-  assert audit.numeric_kappa(0.0, 0.5, 0.0) == 1.0  # a regression without error
+  assert audit.laplace_kappa(1.0, 0.5) == pytest.approx(1 - math.exp(-0.5))
+  assert audit.laplace_kappa(0.25, 0.5) == pytest.approx(1 - math.exp(-2))
+  assert audit.laplace_kappa(0.0, 0.5) == 1.0  # a regression without error
+  # On a grid: the most mass any window of half-width h around a grid value
+  # holds. Step 1, h 0.5: the top probability; h 1: the best three in a row.
+  grid = np.arange(5.0)
+  p = np.array([[0.1, 0.2, 0.3, 0.25, 0.15], [0.6, 0.1, 0.1, 0.1, 0.1]])
+  np.testing.assert_allclose(audit.grid_kappa(np.log(p), grid, 0.5), [0.3, 0.6])
+  np.testing.assert_allclose(audit.grid_kappa(np.log(p), grid, 1.0), [0.75, 0.8])
+  np.testing.assert_allclose(audit.grid_kappa(np.log(p), grid, 1.0, block=1), [0.75, 0.8])
+  # Held to a measured accuracy: failure probabilities scaled alike, so the
+  # mean on the mask reaches it and the order stays; a sharp enough one kept.
+  k = np.array([0.1, 0.3, 0.5, 0.9])
+  mask = np.array([True, True, True, False])
+  held = audit.held_to(k, 0.5, mask)
+  assert held[mask].mean() == pytest.approx(0.5)
+  assert np.all(np.diff(held) > 0) and np.all(held >= k)
+  np.testing.assert_array_equal(audit.held_to(k, 0.2, mask), k)
 
 
 def test_a_cheat_on_a_private_numeric_fails_the_audit(tmp_path, monkeypatch):

@@ -34,6 +34,10 @@ class Prediction(NamedTuple):
   # [private numerics] how far `num` typically misses (the server model's
   # held-out mean absolute error), or None.
   num_scale: np.ndarray | None = None
+  # Per private numeric with a grid, (w, [G] log frequencies): its prior on
+  # the grid mixes w of the Laplace around `num` with 1 - w of the fitted
+  # rows' histogram (`numeric_log_priors`); () without grids.
+  num_mixture: tuple = ()
 
 
 def prior(aux: AuxSample, num_records: int, vocab_sizes, num_labels) -> Prediction:
@@ -48,15 +52,33 @@ def prior(aux: AuxSample, num_records: int, vocab_sizes, num_labels) -> Predicti
                     np.full(num_records, label, np.int32), None)
 
 
-def numeric_log_priors(center: np.ndarray, scale: np.ndarray, grids) -> tuple:
+def _laplace_on_grid(grid, center: np.ndarray, scale: float) -> np.ndarray:
+  """[N, G] log of a Laplace around each of `center` [N], normalised over
+  the grid."""
+  lp = -np.abs(np.asarray(grid, np.float32)[None] - center[:, None]) / scale
+  return lp - np.logaddexp.reduce(lp, -1, keepdims=True)
+
+
+def grid_index(values: np.ndarray, grid) -> np.ndarray:
+  """Each value's nearest grid index."""
+  return np.abs(np.asarray(values)[:, None] - np.asarray(grid, np.float32)).argmin(-1)
+
+
+def numeric_log_priors(center: np.ndarray, scale: np.ndarray, grids,
+                       mixture: tuple = ()) -> tuple:
   """A log prior on each private numeric's grid ([N, G_k] per numeric): a
   Laplace distribution around each record's `center` [N, M] (a regression of
   x_s) with `scale` [M] (its mean absolute error, the Laplace scale's
-  maximum-likelihood estimate), normalised over the grid."""
+  maximum-likelihood estimate), normalised over the grid; with `mixture`
+  (`Prediction.num_mixture`), w of it plus 1 - w of a histogram."""
   out = []
   for k, grid in enumerate(grids):
-    lp = -np.abs(np.asarray(grid, np.float32)[None] - center[:, k, None]) / scale[k]
-    out.append(jnp.asarray(lp - np.logaddexp.reduce(lp, -1, keepdims=True)))
+    lp = _laplace_on_grid(grid, center[:, k], scale[k])
+    if mixture and mixture[k][0] < 1.0:
+      w, log_freq = mixture[k]
+      rest = np.broadcast_to(np.log1p(-w) + np.asarray(log_freq, np.float32), lp.shape)
+      lp = rest if w == 0.0 else np.logaddexp(lp + np.float32(math.log(w)), rest)
+    out.append(jnp.asarray(lp))
   return tuple(out)
 
 
@@ -65,8 +87,8 @@ def numeric_marginal_log_probs(aux: AuxSample, num_records: int, grids) -> tuple
   nearest grid value, as an add-one smoothed per-record log prior on the grid
   ([N, G_k] per numeric)."""
   x = np.asarray(aux.x_p_num)
-  return tuple(_frequency_table(np.abs(x[:, k, None] - np.asarray(g, np.float32)).argmin(-1),
-                                len(g), num_records) for k, g in enumerate(grids))
+  return tuple(_frequency_table(grid_index(x[:, k], g), len(g), num_records)
+               for k, g in enumerate(grids))
 
 
 def _frequency_table(values, num_values: int, num_records: int) -> jax.Array:
@@ -150,6 +172,10 @@ class Classifier(NamedTuple):
   # Per numeric head, its mean absolute error on the held-out rows (on the
   # fitted rows without any), floored at 1e-3: a Laplace prior's scale.
   num_scales: tuple[float, ...] = ()
+  # Per numeric head with a grid (`fit`'s num_grids): (w, [G] log
+  # frequencies of the fitted rows on the grid), the Laplace's weight in its
+  # mixture with them (`shrinkage` on the held-out rows).
+  num_mixture: tuple = ()
 
   def mixture(self, j: int) -> tuple[jax.Array, jax.Array]:
     """Head j's shrinkage in log space: (log w, [V] log((1 - w) freq)), so
@@ -172,7 +198,7 @@ class Classifier(NamedTuple):
 
 def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
         hidden: int, num_steps: int, learning_rate: float,
-        held_out_fraction: float, seed: int) -> Classifier:
+        held_out_fraction: float, seed: int, num_grids=None) -> Classifier:
   """Fits the MLP of `_Heads` (full batch, Adam); with held-out rows,
   early-stopped and temperature-scaled on them.
 
@@ -199,6 +225,11 @@ def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
     held_out_fraction: rows held out for early stopping, the temperatures
       and the shrinkage (0 = none: all num_steps, T = 1, no shrinkage).
     seed: the MLP's init and the held-out rows.
+    num_grids: a grid (normalised units) per numeric target, or None. With
+      them, each numeric's Laplace around the regression is mixed with the
+      fitted rows' histogram on its grid, by the weight the held-out rows
+      prefer (`Classifier.num_mixture`): a regression of x_s misses a spike
+      such as Adult's 40 hours a week, which the histogram holds.
   """
   rows = np.asarray(targets[2]).shape[0]
   order = np.random.default_rng(seed).permutation(rows)
@@ -247,9 +278,19 @@ def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
   freqs = tuple([log_frequencies(fit_cat[:, j], v) for j, v in enumerate(vocab_sizes)]
                 + [log_frequencies(fit_y, num_labels)])
   x_err, t_err = (x_held, t_held) if num_held else (x, t)
-  err = np.abs(np.asarray(net.apply(params, *x_err)[1]) - np.asarray(t_err[1]))
+  pred_err = np.asarray(net.apply(params, *x_err)[1])
+  err = np.abs(pred_err - np.asarray(t_err[1]))
   clf = Classifier(net, params, (1.0,) * len(freqs), (1.0,) * len(freqs), freqs,
                    tuple(float(max(e, 1e-3)) for e in err.mean(0)))
+  if num_grids:
+    fit_num, true_err = np.asarray(t[1]), np.asarray(t_err[1])
+    mixture = []
+    for k, grid in enumerate(num_grids):
+      log_freq = log_frequencies(grid_index(fit_num[:, k], grid), len(grid))
+      w = (shrinkage(_laplace_on_grid(grid, pred_err[:, k], clf.num_scales[k]),
+                     grid_index(true_err[:, k], grid), log_freq) if num_held else 1.0)
+      mixture.append((w, log_freq))
+    clf = clf._replace(num_mixture=tuple(mixture))
   if not num_held:
     return clf
   h_cat, _, h_y = (np.asarray(a) for a in t_held)
@@ -351,17 +392,17 @@ def conditional_prior(clf: Classifier, server: ServerData, width: int) -> Condit
 def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_sizes,
                  num_labels: int, *, hidden: int, num_steps: int,
                  learning_rate: float, held_out_fraction: float,
-                 seed: int) -> Prediction:
+                 seed: int, num_grids=None) -> Prediction:
   """Trains the x_s -> (x_p, y) classifier on the auxiliary sample (full batch,
   Adam, early-stopped and temperature-scaled on `held_out_fraction` of it) and
-  predicts every record from its x_s."""
+  predicts every record from its x_s (`num_grids` as `fit`'s)."""
   clf = fit((aux.x_s_cat, aux.x_s_num), server_vocab_sizes,
             (aux.x_p_cat, aux.x_p_num, aux.y), vocab_sizes, num_labels, hidden=hidden,
             num_steps=num_steps, learning_rate=learning_rate,
-            held_out_fraction=held_out_fraction, seed=seed)
+            held_out_fraction=held_out_fraction, seed=seed, num_grids=num_grids)
   cats, num, label = predict(clf, (server.x_s_cat, server.x_s_num))
   cat_pred = (np.stack([np.asarray(c.argmax(-1)) for c in cats], 1) if cats
               else np.zeros((label.shape[0], 0)))
   return Prediction(cat_pred.astype(np.int32), np.asarray(num, np.float32),
                     np.asarray(label.argmax(-1), np.int32), (tuple(cats), label),
-                    np.asarray(clf.num_scales, np.float32))
+                    np.asarray(clf.num_scales, np.float32), clf.num_mixture)
