@@ -27,13 +27,9 @@ def get_config(arg=None):
   # The main job (scripts/sweep.py): no defence, clip + noise at five sigmas,
   # label DP at two epsilons, 3 seeds, EXACT, Bayesian EXACT and baselines.
   configlib.main_sweep(c)
-  variants = set(arg.split(",")) if arg else set()
-  unknown = variants - {"smoke", "numeric", "fsl", "combined"}
-  if unknown:
-    raise ValueError(f"unknown config variants {sorted(unknown)}; known: "
-                     "smoke, numeric, fsl, combined")
+  variants = configlib.variants(arg, ("smoke", "numeric", "fsl", "combined"))
   if "combined" in variants:
-    c.sweep.noise_with_label_epsilons = (1.0, 3.0)
+    configlib.combined(c)
   if "numeric" in variants:
     # Age and hours-per-week private numerics, with sex and race: EXACT runs
     # over their integer grids (~1.5e5 candidates per record with the label),

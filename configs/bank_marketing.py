@@ -3,6 +3,8 @@
 Launch (runs offline on the shipped copy):
   python scripts/train.py --config=configs/bank_marketing.py --workdir=/tmp/splitjax/bank
 Smoke variant (seconds): --config=configs/bank_marketing.py:smoke
+Combined variant: every sigma also with label DP at epsilon_label 1 and 3
+(results/bank_marketing/combined/): --config=configs/bank_marketing.py:combined
 Sweep (results/bank_marketing/):
   python scripts/sweep.py --config=configs/bank_marketing.py --workdir=workdirs/bank
 
@@ -20,8 +22,9 @@ def get_config(arg=None):
   c.data.private_features = ("marital", "education", "default", "housing", "loan")
   c.train.num_epochs = 3
   configlib.main_sweep(c)  # scripts/sweep.py's grid (results/bank_marketing/)
-  if arg == "smoke":
+  variants = configlib.variants(arg, ("smoke", "combined"))
+  if "combined" in variants:
+    configlib.combined(c)
+  if "smoke" in variants:
     configlib.smoke(c)
-  elif arg:
-    raise ValueError(f"unknown config variant {arg!r}; known: smoke")
   return c

@@ -153,6 +153,27 @@ def main_sweep(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return c
 
 
+def combined(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Every clip + noise setting of the grid also with label DP at
+  epsilon_label 1 and 3 (the data sets' `:combined` variants)."""
+  c.sweep.noise_with_label_epsilons = (1.0, 3.0)
+  return c
+
+
+def variants(arg: str | None, known: tuple[str, ...]) -> set[str]:
+  """The comma-separated variants of a config argument (`--config=F:a,b`).
+
+  Raises:
+    ValueError: naming the unknown ones and the known.
+  """
+  out = set(arg.split(",")) if arg else set()
+  unknown = out - set(known)
+  if unknown:
+    raise ValueError(f"unknown config variants {sorted(unknown)}; known: "
+                     f"{', '.join(known)}")
+  return out
+
+
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Shrinks a config to a seconds-long run (the `:smoke` variants)."""
   c.data.max_train_examples = 2048
