@@ -252,6 +252,33 @@ def test_a_private_numeric_is_tabled_by_mae_and_by_its_audited_rate(tmp_path):
   assert mae[-1].startswith("| noise_sigma1 |") and cap not in mae[-1]
 
 
+def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
+  # Messages are clip(g) + N(0, (sigma C)^2 I): their energy less the noise's
+  # expected d (sigma C)^2 estimates ||clip(g)||^2, at most C^2. At sigma
+  # 1e-3 the noise is negligible, so the estimate lies in (0, 1]; at sigma 2
+  # the raw energy is d sigma^2 = 32 C^2 above it, and the estimate must
+  # still land in [0, 1] within 4 of its standard errors. Undefended, the
+  # gradients are not clipped and carry energy of their own.
+  c = _grid_config(sweep__noise_multipliers=(1e-3, 2.0), sweep__label_epsilons=(),
+                   sweep__seeds=(0,))
+  rows = sweep.message_energy(c, str(tmp_path))
+  by = {(r["setting"], r["epoch"]): r for r in rows}
+  assert sorted(by) == [(k, e) for k in ("noise_sigma0.001", "noise_sigma2", "none")
+                        for e in (1, 2)]
+  for e in (1, 2):
+    assert 0 < by["noise_sigma0.001", e]["signal_over_c2"] <= 1 + 1e-4, by
+    assert by["noise_sigma0.001", e]["noise_se"] < 1e-4
+    r = by["noise_sigma2", e]
+    assert -4 * r["noise_se"] < r["signal_over_c2"] < 1 + 4 * r["noise_se"], r
+    # sqrt(2 d) sigma^2 / sqrt(N): cut dim 8, 1,280 training records released.
+    assert r["noise_se"] == pytest.approx(math.sqrt(2 * 8) * 2.0 ** 2 / math.sqrt(1280))
+    assert by["none", e]["signal_over_c2"] > 0
+  md = (tmp_path / "message_energy.md").read_text()
+  assert "| noise_sigma2 | 2 | " in md
+  with pytest.raises(ConfigError, match="holds"):
+    sweep.message_energy(c, str(tmp_path))
+
+
 def test_sweep_config_errors(tmp_path):
   c = _grid_config()
   c.sweep.undefended = False

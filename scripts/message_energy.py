@@ -1,0 +1,18 @@
+"""How much of the clip budget the cut-layer messages carry, per setting.
+
+  python scripts/message_energy.py --config=configs/bank_marketing.py:combined \
+      --workdir=workdirs/bank_energy
+
+Trains every run of the config's sweep grid (the server-only model aside)
+with the server's views captured and writes message_energy.json and .md:
+per setting and epoch, the mean over released records of
+||clip(g)||^2 / C^2, estimated from the messages as sent (their energy minus
+the noise's expected d (sigma C)^2), with the noise's standard error beside
+it (splitjax/sweep.py: message_energy). A workdir that already holds a
+result is refused.
+"""
+
+from splitjax import cli, sweep
+
+if __name__ == "__main__":
+  cli.run_app(sweep.message_energy)
