@@ -533,30 +533,35 @@ def message_energy(config, workdir: str) -> list[dict]:
   spec = dataclasses.replace(training.make_spec(config, model, dataset.train),
                              capture_view=True)
   settings = [s for s in grid(config) if s.defence != "server_only"]
-  runs = [Run(s, int(seed)) for s in settings for seed in config.sweep.seeds]
-  check_view_memory(config, spec, [Batch("all", "", tuple(runs))])
+  plan = batches(config, settings)  # sweep.max_group_size bounds the views held
+  check_view_memory(config, spec, plan)
   provenance = wd.provenance(configlib.config_hash(config))
   wd.write_json(os.path.join(workdir, "config.json"),
                 {"config": config.to_dict(), **provenance})
-  mechs = [mechanism(config, r.setting) for r in runs]
-  rows = [dict(seed=r.seed, use_private=1.0,
-               **{k: v for k, v in m.items() if k != "noise_multiplier"})
-          for r, m in zip(runs, mechs)]
-  logging.info("%s: %d runs, %d epochs, views captured", config.data.name, len(runs),
-               config.train.num_epochs)
-  _, _, views = training.train(_trainer(spec), jax.device_put(dataset.train),
-                               jax.device_put(dataset.test), training.make_settings(rows),
-                               config.train.num_epochs)
-  c2 = config.defence.clip_norm ** 2
-  d = spec.model.server.cut_dim
+  c2, d = config.defence.clip_norm ** 2, spec.model.server.cut_dim
+  signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]
+  for i, b in enumerate(plan):
+    mechs = [mechanism(config, r.setting) for r in b.runs]
+    rows = [dict(seed=r.seed, use_private=1.0,
+                 **{k: v for k, v in m.items() if k != "noise_multiplier"})
+            for r, m in zip(b.runs, mechs)]
+    logging.info("batch %d/%d: %d runs, %d epochs, views captured", i + 1, len(plan),
+                 len(rows), config.train.num_epochs)
+    _, _, views = training.train(_trainer(spec), jax.device_put(dataset.train),
+                                 jax.device_put(dataset.test),
+                                 training.make_settings(rows), config.train.num_epochs)
+    released = views[0].ids[0].size
+    for view in views:
+      energy = np.asarray(jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)))
+      for j, (r, m) in enumerate(zip(b.runs, mechs)):
+        signal.setdefault(r.key, []).append(
+            (float(energy[j]) - d * m["noise_stddev"] ** 2) / c2)
+    del views
   out = []
-  for e, view in enumerate(views):
-    energy = np.asarray(jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)))
-    released = view.ids[0].size
+  for e in range(config.train.num_epochs):
     for s in settings:
-      idx = [i for i, r in enumerate(runs) if r.setting == s]
-      sigma = mechs[idx[0]]["noise_stddev"] / config.defence.clip_norm
-      values = [(float(energy[i]) - d * mechs[i]["noise_stddev"] ** 2) / c2 for i in idx]
+      values = [signal[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
+      sigma = mechanism(config, s)["noise_multiplier"]
       mean, half = report.ci95(values)
       out.append({"setting": s.key, "epoch": e + 1, "noise_multiplier": sigma,
                   "label_epsilon": s.label_epsilon, "signal_over_c2": mean,

@@ -259,8 +259,9 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
   # the raw energy is d sigma^2 = 32 C^2 above it, and the estimate must
   # still land in [0, 1] within 4 of its standard errors. Undefended, the
   # gradients are not clipped and carry energy of their own.
+  # Batches of at most 2 runs (sweep.max_group_size), as a sweep's.
   c = _grid_config(sweep__noise_multipliers=(1e-3, 2.0), sweep__label_epsilons=(),
-                   sweep__seeds=(0,))
+                   sweep__seeds=(0,), sweep__max_group_size=2)
   rows = sweep.message_energy(c, str(tmp_path))
   by = {(r["setting"], r["epoch"]): r for r in rows}
   assert sorted(by) == [(k, e) for k in ("noise_sigma0.001", "noise_sigma2", "none")
