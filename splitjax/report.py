@@ -182,13 +182,17 @@ def _jsonable(x):
                else v)
 
 
-def _cell(row, name, digits=3) -> str:
-  if name not in row:
-    return ""
-  mean, half = row[name], row.get(name + "_ci95", math.nan)
+def mean_ci(mean: float, half: float, digits: int = 3) -> str:
+  """A table cell: 'mean ± half' (the mean alone where half is nan)."""
   if not math.isfinite(mean):
     return _num(mean)
   return f"{mean:.{digits}f}" + ("" if math.isnan(half) else f" ± {half:.{digits}f}")
+
+
+def _cell(row, name, digits=3) -> str:
+  if name not in row:
+    return ""
+  return mean_ci(row[name], row.get(name + "_ci95", math.nan), digits)
 
 
 def _eps(x) -> str:

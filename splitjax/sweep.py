@@ -573,9 +573,9 @@ def message_energy(config, workdir: str) -> list[dict]:
            f"{config.defence.clip_norm:g}, cut dim {d}; mean ± 95 % t-interval over "
            "seeds; 'noise se' is one run's standard error from the noise.", "",
            "| setting | epoch | signal / C^2 | noise se |", "|---|---|---|---|"]
-  for r in sorted(out, key=lambda r: (settings.index(
-      next(s for s in settings if s.key == r["setting"])), r["epoch"])):
-    cell = report._cell({"v": r["signal_over_c2"], "v_ci95": r["signal_over_c2_ci95"]}, "v")
+  keys = [s.key for s in settings]
+  for r in sorted(out, key=lambda r: (keys.index(r["setting"]), r["epoch"])):
+    cell = report.mean_ci(r["signal_over_c2"], r["signal_over_c2_ci95"])
     lines.append(f"| {r['setting']} | {r['epoch']} | {cell} | {r['noise_se']:.3f} |")
   text = "\n".join(lines) + "\n"
   wd.write_text(os.path.join(workdir, "message_energy.md"), text)
