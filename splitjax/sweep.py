@@ -530,8 +530,7 @@ def message_energy(config, workdir: str) -> list[dict]:
   wd.refuse_finished(workdir, "message_energy.json")
   dataset = data.load(config.data)
   model = models.make_model(dataset.schema, config.model)
-  spec = dataclasses.replace(training.make_spec(config, model, dataset.train),
-                             capture_view=True)
+  spec = training.make_spec(config, model, dataset.train)
   settings = [s for s in grid(config) if s.defence != "server_only"]
   plan = batches(config, settings)  # sweep.max_group_size bounds the views held
   check_view_memory(config, spec, plan)
@@ -539,24 +538,23 @@ def message_energy(config, workdir: str) -> list[dict]:
   wd.write_json(os.path.join(workdir, "config.json"),
                 {"config": config.to_dict(), **provenance})
   c2, d = config.defence.clip_norm ** 2, spec.model.server.cut_dim
+  progress = Progress(sum(len(b.runs) for b in plan), config.train.num_epochs)
+  progress.plan(progress.num_runs)
   signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]
   for i, b in enumerate(plan):
-    mechs = [mechanism(config, r.setting) for r in b.runs]
-    rows = [dict(seed=r.seed, use_private=1.0,
-                 **{k: v for k, v in m.items() if k != "noise_multiplier"})
-            for r, m in zip(b.runs, mechs)]
-    logging.info("batch %d/%d: %d runs, %d epochs, views captured", i + 1, len(plan),
-                 len(rows), config.train.num_epochs)
-    _, _, views = training.train(_trainer(spec), jax.device_put(dataset.train),
-                                 jax.device_put(dataset.test),
-                                 training.make_settings(rows), config.train.num_epochs)
+    # Trained as the sweep trains the batch (its knowledge, views captured).
+    batch_spec = dataclasses.replace(spec, knowledge=b.knowledge, capture_view=True)
+    _, _, views = _train_batch(config, dataset, batch_spec, list(b.runs), progress,
+                               f"batch {i + 1}/{len(plan)} ({b.knowledge})")
     released = views[0].ids[0].size
     for view in views:
       energy = np.asarray(jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)))
-      for j, (r, m) in enumerate(zip(b.runs, mechs)):
-        signal.setdefault(r.key, []).append(
-            (float(energy[j]) - d * m["noise_stddev"] ** 2) / c2)
+      for j, r in enumerate(b.runs):
+        noise = mechanism(config, r.setting)["noise_stddev"]
+        signal.setdefault(r.key, []).append((float(energy[j]) - d * noise ** 2) / c2)
     del views
+    progress.update(f"batch {i + 1}/{len(plan)}: message energy read",
+                    units=len(b.runs), runs=len(b.runs))
   out = []
   for e in range(config.train.num_epochs):
     for s in settings:
