@@ -383,10 +383,13 @@ def attack_settings(ctx: AttackContext, views: list, select: list[int],
                               if math.isfinite(label_eps) else None)
 
       caps = ceilings(mask)
-      # An attack scored on fewer records is audited on the same records.
-      own = {name: ceilings(m) for name, m in subsets.items()}
-      for name, c in own.items():
-        per[name]["ceilings"] = c
+      # An attack scored on fewer records is audited on the same records
+      # (EXACT and Bayes under max_steps share theirs: computed once).
+      by_records, own = {}, {}
+      for name, m in subsets.items():
+        if m.tobytes() not in by_records:
+          by_records[m.tobytes()] = ceilings(m)
+        own[name] = per[name]["ceilings"] = by_records[m.tobytes()]
       violations += _audit(per, caps, epoch, own)
       per["ceilings"] = caps
       per_epoch[str(epoch)] = per
@@ -476,17 +479,22 @@ def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy):
   p, sm = ctx.prior_pred, ctx.server_model
   prior_scores = score(*args, p.cat, p.num, p.label)
 
+  same_records = {}  # records' bytes -> (the prior's scores, both baselines' brief)
+
   def scored(name, m, *preds, **kw):
     """Scores `name` on m, against the baselines on the same records."""
     if (m == mask).all():
       per[name] = score(schema, truth, noisy, mask, *preds, prior_scores, **kw)
       return
     subsets[name] = m
-    own = score(schema, truth, noisy, m, p.cat, p.num, p.label)
+    if m.tobytes() not in same_records:  # EXACT and Bayes share theirs
+      own = score(schema, truth, noisy, m, p.cat, p.num, p.label)
+      same = {"prior": own,
+              "server_model": score(schema, truth, noisy, m, sm.cat, sm.num, sm.label)}
+      same_records[m.tobytes()] = own, {k: _brief(v) for k, v in same.items()}
+    own, brief = same_records[m.tobytes()]
     per[name] = score(schema, truth, noisy, m, *preds, own, **kw)
-    same = {"prior": own,
-            "server_model": score(schema, truth, noisy, m, sm.cat, sm.num, sm.label)}
-    per[name]["baselines_on_same_records"] = {k: _brief(v) for k, v in same.items()}
+    per[name]["baselines_on_same_records"] = brief
 
   if "prior" in names:
     per["prior"] = prior_scores
