@@ -248,19 +248,19 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
   ctx.kappa = kappa = {k: audit.kappa_of(v, best[k], targets) for k, v in log_probs.items()}
   # A numeric's kappa (success: within half a unit of the truth): the most
   # mass a guess catches under Bayes's prior from the server model (on the
-  # grid, the Laplace mixed with the histogram; without one, the Laplace).
+  # grid, `Prediction.num_log_priors`; without one, the Laplace).
   prior_kappa = dict(confidence)
-  on_grid = (baselines.numeric_log_priors(sm.num, sm.num_scale, space.grids,
-                                          sm.num_mixture) if space else ())
   for k, f in enumerate(schema.private_numeric):
     half = 0.5 / f.std
-    prior_kappa[f.name] = (audit.grid_kappa(on_grid[k], space.grids[k], half) if space
-                           else np.full(n, audit.laplace_kappa(float(sm.num_scale[k]), half)))
+    prior_kappa[f.name] = (
+        audit.grid_kappa(sm.num_log_priors[k], space.grids[k], half) if space
+        else np.full(n, audit.laplace_kappa(float(sm.num_scale[k]), half)))
     kappa[f.name] = audit.held_to(prior_kappa[f.name], best[f.name], targets)
     logging.info("%s: the prior's kappa (within half a unit) %.4f on the targets, "
                  "the best prior-only guess's rate %.4f%s", f.name,
                  prior_kappa[f.name][targets].mean(), best[f.name],
-                 f", Laplace weight {sm.num_mixture[k][0]:.2f}" if sm.num_mixture else "")
+                 ", Laplace weight {:.2f} against the histogram, grid-bin head's "
+                 "{:.2f} against both".format(*sm.num_weights[k]) if sm.num_weights else "")
   raised = [f"{k} {prior_kappa[k][targets].mean():.4f} -> {kappa[k][targets].mean():.4f}"
             for k in kappa if kappa[k][targets].mean() > prior_kappa[k][targets].mean() + 1e-6]
   if raised:
@@ -409,9 +409,10 @@ def _bayes_prior(ctx: AttackContext, kind: str | None = None):
     return cats + baselines.numeric_marginal_log_probs(ctx.aux, ctx.num_records, grids), label
   if kind not in ("server_model", "label_given_private", "chain"):
     return None
-  # Each private numeric: a Laplace around the server model's regression.
+  # Each private numeric: the server model's prior on its grid (the Laplace
+  # around its regression, the histogram and the grid-bin head).
   sm = ctx.server_model
-  numerics = baselines.numeric_log_priors(sm.num, sm.num_scale, grids, sm.num_mixture)
+  numerics = sm.num_log_priors
   if kind == "server_model":
     return sm.log_probs[0] + numerics, sm.log_probs[1]
   # The label given x_s and the candidate's x_p: the prior then carries how

@@ -34,10 +34,12 @@ class Prediction(NamedTuple):
   # [private numerics] how far `num` typically misses (the server model's
   # held-out mean absolute error), or None.
   num_scale: np.ndarray | None = None
-  # Per private numeric with a grid, (w, [G] log frequencies): its prior on
-  # the grid mixes w of the Laplace around `num` with 1 - w of the fitted
-  # rows' histogram (`numeric_log_priors`); () without grids.
-  num_mixture: tuple = ()
+  # Per private numeric with a grid, its [N, G] log prior on the grid
+  # (`numeric_log_priors`) and its `NumericPrior`'s two weights (the
+  # Laplace's against the histogram, the grid-bin head's against both);
+  # () without grids.
+  num_log_priors: tuple = ()
+  num_weights: tuple = ()
 
 
 def prior(aux: AuxSample, num_records: int, vocab_sizes, num_labels) -> Prediction:
@@ -64,20 +66,29 @@ def grid_index(values: np.ndarray, grid) -> np.ndarray:
   return np.abs(np.asarray(values)[:, None] - np.asarray(grid, np.float32)).argmin(-1)
 
 
-def numeric_log_priors(center: np.ndarray, scale: np.ndarray, grids,
-                       mixture: tuple = ()) -> tuple:
-  """A log prior on each private numeric's grid ([N, G_k] per numeric): a
-  Laplace distribution around each record's `center` [N, M] (a regression of
-  x_s) with `scale` [M] (its mean absolute error, the Laplace scale's
-  maximum-likelihood estimate), normalised over the grid; with `mixture`
-  (`Prediction.num_mixture`), w of it plus 1 - w of a histogram."""
+def _mix(log_a, w: float, log_b):
+  """log(w exp(log_a) + (1 - w) exp(log_b)), exact at w = 0 and w = 1."""
+  if w == 1.0:
+    return log_a
+  log_b = np.broadcast_to(np.log1p(-w) + np.asarray(log_b, np.float32), np.shape(log_a))
+  return log_b if w == 0.0 else np.logaddexp(log_a + np.float32(math.log(w)), log_b)
+
+
+def numeric_log_priors(clf: Classifier, inputs, center: np.ndarray, grids) -> tuple:
+  """A log prior on each private numeric's grid ([N, G_k] per numeric) for
+  the rows inputs = (x_cat, x_num): a Laplace distribution around each row's
+  `center` [N, M] (`clf`'s regression of them) with `clf.num_scales` (its
+  mean absolute error, the Laplace scale's maximum-likelihood estimate),
+  normalised over the grid; where `fit` was given the grids, mixed with the
+  histogram and the grid-bin head as `clf.num_priors` says."""
   out = []
   for k, grid in enumerate(grids):
-    lp = _laplace_on_grid(grid, center[:, k], scale[k])
-    if mixture and mixture[k][0] < 1.0:
-      w, log_freq = mixture[k]
-      rest = np.broadcast_to(np.log1p(-w) + np.asarray(log_freq, np.float32), lp.shape)
-      lp = rest if w == 0.0 else np.logaddexp(lp + np.float32(math.log(w)), rest)
+    lp = _laplace_on_grid(grid, np.asarray(center)[:, k], clf.num_scales[k])
+    if clf.num_priors:
+      p = clf.num_priors[k]
+      lp = _mix(lp, p.laplace_weight, p.log_frequencies)
+      if p.bins_weight > 0.0:
+        lp = _mix(np.asarray(predict(p.bins, inputs)[2]), p.bins_weight, lp)
     out.append(jnp.asarray(lp))
   return tuple(out)
 
@@ -141,17 +152,24 @@ def temperature(logits: np.ndarray, targets: np.ndarray) -> float:
   return float(grid[np.argmin([nll(t) for t in grid])])
 
 
+def best_weight(p: np.ndarray, q: np.ndarray) -> float:
+  """The weight w in [0, 1], over a grid of step 0.01, minimising the NLL
+  -mean log(w p + (1 - w) q) of two models' probabilities p, q [R] of the
+  same held-out rows' true values."""
+  p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+  grid = np.linspace(0.0, 1.0, 101)
+  nll = [-np.mean(np.log(w * p + (1.0 - w) * q)) for w in grid]
+  return float(grid[np.argmin(nll)])
+
+
 def shrinkage(log_probs: np.ndarray, targets: np.ndarray, log_freq: np.ndarray) -> float:
-  """The weight w in [0, 1] minimising the held-out NLL of the mixture
-  w softmax + (1 - w) freq, over a grid of step 0.01: how far a head's
-  predictions should be trusted over the class frequencies of the rows it was
-  fitted on (1: fully; 0: its inputs tell it nothing it can use)."""
+  """The weight w of the mixture w softmax + (1 - w) freq that the held-out
+  rows prefer (`best_weight`): how far a head's predictions should be
+  trusted over the class frequencies of the rows it was fitted on (1: fully;
+  0: its inputs tell it nothing it can use)."""
   probs = np.exp(np.take_along_axis(np.asarray(log_probs, np.float64),
                                     np.asarray(targets)[:, None], -1)[:, 0])
-  freq = np.exp(np.asarray(log_freq, np.float64))[np.asarray(targets)]
-  grid = np.linspace(0.0, 1.0, 101)
-  nll = [-np.mean(np.log(w * probs + (1.0 - w) * freq)) for w in grid]
-  return float(grid[np.argmin(nll)])
+  return best_weight(probs, np.exp(np.asarray(log_freq, np.float64))[np.asarray(targets)])
 
 
 def log_frequencies(values: np.ndarray, num_classes: int) -> np.ndarray:
@@ -172,10 +190,8 @@ class Classifier(NamedTuple):
   # Per numeric head, its mean absolute error on the held-out rows (on the
   # fitted rows without any), floored at 1e-3: a Laplace prior's scale.
   num_scales: tuple[float, ...] = ()
-  # Per numeric head with a grid (`fit`'s num_grids): (w, [G] log
-  # frequencies of the fitted rows on the grid), the Laplace's weight in its
-  # mixture with them (`shrinkage` on the held-out rows).
-  num_mixture: tuple = ()
+  # Per numeric head with a grid (`fit`'s num_grids), its `NumericPrior`.
+  num_priors: tuple = ()
 
   def mixture(self, j: int) -> tuple[jax.Array, jax.Array]:
     """Head j's shrinkage in log space: (log w, [V] log((1 - w) freq)), so
@@ -194,6 +210,19 @@ class Classifier(NamedTuple):
       return log_p
     log_w, log_rest = self.mixture(j)
     return jnp.logaddexp(log_p + log_w, log_rest)
+
+
+class NumericPrior(NamedTuple):
+  """How `numeric_log_priors` builds a private numeric's prior on its grid:
+  the Laplace around the regression, mixed with the fitted rows' histogram
+  by `laplace_weight`, then that mixed with a softmax head over the grid's
+  bins (x_s -> the nearest grid value, a `fit` of its own, calibrated like
+  every softmax head) by `bins_weight`. Both weights are the held-out rows'
+  (`best_weight`)."""
+  laplace_weight: float
+  log_frequencies: np.ndarray  # [G] of the fitted rows on the grid
+  bins: Classifier | None      # None without held-out rows
+  bins_weight: float           # 0 without held-out rows
 
 
 def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
@@ -226,10 +255,13 @@ def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
       and the shrinkage (0 = none: all num_steps, T = 1, no shrinkage).
     seed: the MLP's init and the held-out rows.
     num_grids: a grid (normalised units) per numeric target, or None. With
-      them, each numeric's Laplace around the regression is mixed with the
-      fitted rows' histogram on its grid, by the weight the held-out rows
-      prefer (`Classifier.num_mixture`): a regression of x_s misses a spike
-      such as Adult's 40 hours a week, which the histogram holds.
+      them and held-out rows, each numeric's Laplace around the regression
+      is mixed with the fitted rows' histogram on its grid, and that with a
+      softmax head over the grid's bins, by the weights the held-out rows
+      prefer (`Classifier.num_priors`, `NumericPrior`): a regression of x_s
+      misses a spike such as Adult's 40 hours a week, which the histogram
+      holds, and the histogram is the same for every record, where the
+      bins' head can move the spike's mass with x_s.
   """
   rows = np.asarray(targets[2]).shape[0]
   order = np.random.default_rng(seed).permutation(rows)
@@ -284,13 +316,28 @@ def fit(inputs, input_vocab_sizes, targets, vocab_sizes, num_labels: int, *,
                    tuple(float(max(e, 1e-3)) for e in err.mean(0)))
   if num_grids:
     fit_num, true_err = np.asarray(t[1]), np.asarray(t_err[1])
-    mixture = []
+    priors = []
     for k, grid in enumerate(num_grids):
       log_freq = log_frequencies(grid_index(fit_num[:, k], grid), len(grid))
-      w = (shrinkage(_laplace_on_grid(grid, pred_err[:, k], clf.num_scales[k]),
-                     grid_index(true_err[:, k], grid), log_freq) if num_held else 1.0)
-      mixture.append((w, log_freq))
-    clf = clf._replace(num_mixture=tuple(mixture))
+      if not num_held:
+        priors.append(NumericPrior(1.0, log_freq, None, 0.0))
+        continue
+      true_idx = grid_index(true_err[:, k], grid)
+      laplace = _laplace_on_grid(grid, pred_err[:, k], clf.num_scales[k])
+      w = shrinkage(laplace, true_idx, log_freq)
+      # The bins' head: x_s -> the nearest grid value over every row (the
+      # same seed holds out the same rows), its own early stopping.
+      all_idx = grid_index(np.asarray(targets[1])[:, k], grid).astype(np.int32)
+      bins = fit(inputs, input_vocab_sizes,
+                 (np.zeros((rows, 0), np.int32), np.zeros((rows, 0), np.float32), all_idx),
+                 (), len(grid), hidden=hidden, num_steps=num_steps,
+                 learning_rate=learning_rate, held_out_fraction=held_out_fraction,
+                 seed=seed)
+      on_held = lambda lp: np.exp(np.take_along_axis(np.asarray(lp), true_idx[:, None], -1)[:, 0])
+      v = best_weight(on_held(predict(bins, x_held)[2]),
+                      on_held(_mix(laplace, w, log_freq)))
+      priors.append(NumericPrior(w, log_freq, bins, v))
+    clf = clf._replace(num_priors=tuple(priors))
   if not num_held:
     return clf
   h_cat, _, h_y = (np.asarray(a) for a in t_held)
@@ -400,9 +447,13 @@ def server_model(aux: AuxSample, server: ServerData, vocab_sizes, server_vocab_s
             (aux.x_p_cat, aux.x_p_num, aux.y), vocab_sizes, num_labels, hidden=hidden,
             num_steps=num_steps, learning_rate=learning_rate,
             held_out_fraction=held_out_fraction, seed=seed, num_grids=num_grids)
-  cats, num, label = predict(clf, (server.x_s_cat, server.x_s_num))
+  inputs = (server.x_s_cat, server.x_s_num)
+  cats, num, label = predict(clf, inputs)
+  num = np.asarray(num, np.float32)
   cat_pred = (np.stack([np.asarray(c.argmax(-1)) for c in cats], 1) if cats
               else np.zeros((label.shape[0], 0)))
-  return Prediction(cat_pred.astype(np.int32), np.asarray(num, np.float32),
+  return Prediction(cat_pred.astype(np.int32), num,
                     np.asarray(label.argmax(-1), np.int32), (tuple(cats), label),
-                    np.asarray(clf.num_scales, np.float32), clf.num_mixture)
+                    np.asarray(clf.num_scales, np.float32),
+                    numeric_log_priors(clf, inputs, num, num_grids) if num_grids else (),
+                    tuple((p.laplace_weight, p.bins_weight) for p in clf.num_priors))
