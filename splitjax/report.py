@@ -576,7 +576,7 @@ def prior_accuracy_markdown(result: dict) -> str:
           "all correct"]
   lines = ([f"Command: `{result['command']}`", ""] if "command" in result else []) + [
       f"Accuracy on the {result['num_targets']} target records with no release "
-      f"(config {result['config_hash']}, commit {result['git_commit'][:12]}; "
+      f"(config {result['config_hash']}, commit {result['git_commit']}; "
       f"{result['software']}). 'bayes/<prior>': each categorical's marginal MAP "
       "and each numeric's marginal median under that attack.bayes.prior, all "
       "correct (categoricals and the label) by its MAP candidate.", "",

@@ -40,6 +40,8 @@ def test_each_prior_alone_gives_its_known_answer_and_the_chain_gains(tmp_path):
   page = open(os.path.join(workdir, "prior_accuracy.md")).read()
   assert "| bayes/chain |" in page and "| server_model |" in page
   assert page.startswith(f"Command: `{workdir_lib.command_line()}`")
+  # The whole commit, '-dirty' mark included (it was cut to 12 characters).
+  assert f"commit {workdir_lib.git_commit()};" in page
   with pytest.raises(ConfigError, match="prior_accuracy.json"):
     evaluation.prior_accuracy(c, workdir)
   assert open(os.path.join(workdir, "prior_accuracy.md")).read() == page
