@@ -107,6 +107,19 @@ def score(schema, truth, noisy_labels, mask, pred_cat, pred_num, pred_label,
       out["label"]["noisy_label_accuracy"] = _acc(pred_label, noisy_labels, mask)
     if pred_cat is not None:
       out["all_correct"] = float(correct_all.mean())
+  kept = None if noisy_labels is None else np.asarray(noisy_labels) == truth.y
+  if kept is not None and (mask & ~kept).any():
+    # Under label DP, each categorical's and the label's accuracy on the
+    # records whose sent label randomized response kept and on those it
+    # changed: where the two differ, the changes are what moved the leakage.
+    preds = {f.name: (pred_cat[:, j], truth.x_p_cat[:, j], out["features"][f.name])
+             for j, f in enumerate(schema.private_categorical) if pred_cat is not None}
+    if pred_label is not None:
+      preds["label"] = (pred_label, truth.y, out["label"])
+    for p, t, entry in preds.values():
+      entry["accuracy_by_sent_label"] = {
+          name: {"num_records": int((mask & m).sum()), "accuracy": _acc(p, t, mask & m)}
+          for name, m in (("kept", kept), ("changed", ~kept))}
   if prior_scores is not None:
     for name, m in out["features"].items():
       if "accuracy" in m and name in prior_scores["features"]:

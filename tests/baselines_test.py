@@ -77,6 +77,29 @@ def test_score_reports_each_predictions_confidence_and_calibration():
       schema, truth, None, mask, np.array([[0], [1], [0], [2]]), None, None)["features"]["a"]
 
 
+def test_score_splits_accuracy_by_whether_label_dp_changed_the_sent_label():
+  # Rows 0-2 sent their own label, rows 3-4 a changed one, row 5 is masked
+  # out: feature a is right on 2 of 3 kept rows and 2 of 2 changed ones, the
+  # label on 3 of 3 and 0 of 2. Without a changed label in the mask there
+  # is no split.
+  from types import SimpleNamespace as NS
+  from splitjax import evaluation
+  schema = NS(private_categorical=[NS(name="a", vocab_size=3)], private_numeric=[],
+              num_classes=2)
+  truth = NS(x_p_cat=np.array([[0], [1], [2], [0], [1], [2]]), x_p_num=np.zeros((6, 0)),
+             y=np.array([0, 1, 1, 0, 1, 0]))
+  noisy = np.array([0, 1, 1, 1, 0, 1])
+  mask = np.array([True] * 5 + [False])
+  pred_cat, pred_label = np.array([[0], [1], [0], [0], [1], [2]]), np.array([0, 1, 1, 1, 0, 0])
+  out = evaluation.score(schema, truth, noisy, mask, pred_cat, None, pred_label)
+  split = lambda entry: {k: (v["num_records"], v["accuracy"])
+                         for k, v in entry["accuracy_by_sent_label"].items()}
+  assert split(out["features"]["a"]) == {"kept": (3, pytest.approx(2 / 3)), "changed": (2, 1.0)}
+  assert split(out["label"]) == {"kept": (3, 1.0), "changed": (2, 0.0)}
+  kept_only = evaluation.score(schema, truth, truth.y, mask, pred_cat, None, pred_label)
+  assert "accuracy_by_sent_label" not in kept_only["features"]["a"]
+
+
 
 def test_all_correct_and_calibration_follow_the_joint_guess_when_given():
   # Bayes reports each feature by its own marginal MAP and the all-correct
