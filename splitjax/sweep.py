@@ -43,6 +43,7 @@ from absl import logging
 
 from splitjax import accounting, audit, configlib, data, evaluation, models
 from splitjax import report, sharding, training
+from splitjax.attacks import exact, knowledge
 from splitjax import workdir as wd
 from splitjax.errors import ConfigError
 
@@ -516,7 +517,12 @@ def message_energy(config, workdir: str) -> list[dict]:
   sweep grid (the server-only model aside) and epoch: the mean over the
   released records of ||clip(g_i)||^2 / C^2, read off the messages as sent,
   mean ||m_i||^2 minus the noise's expected energy d (sigma C)^2, over C^2
-  (C = defence.clip_norm; unclipped settings give ||g_i||^2 / C^2).
+  (C = defence.clip_norm; unclipped settings give ||g_i||^2 / C^2). Beside
+  it, what one release tells apart: the mean over the released records of
+  the share of wrong x_p candidates (with the sent label) that it makes at
+  most 1/e as likely as the truth (`exact.ruled_out`; the evaluator reads
+  every record's x_p for it). That needs a candidate space of at most
+  exact.MAX_SEPARATION_CANDIDATES; larger ones get the energy alone.
 
   The noise's own spread leaves the estimate a standard error of
   sqrt(2 d) sigma^2 / sqrt(N) per run (N released records), reported beside
@@ -538,20 +544,38 @@ def message_energy(config, workdir: str) -> list[dict]:
   wd.write_json(os.path.join(workdir, "config.json"),
                 {"config": config.to_dict(), **provenance})
   c2, d = config.defence.clip_norm ** 2, spec.model.server.cut_dim
+  space = knowledge.candidate_space(dataset.schema,
+                                    tuple(config.attack.exact.numeric_grids))
+  separable = space.size <= exact.MAX_SEPARATION_CANDIDATES
+  if not separable:
+    logging.warning("message_energy: %d candidates, over %d: no ruled-out share",
+                    space.size, exact.MAX_SEPARATION_CANDIDATES)
+  true_digits = jnp.concatenate(
+      [jnp.asarray(dataset.train.x_p_cat)]
+      + [jnp.abs(jnp.asarray(dataset.train.x_p_num)[:, k, None]
+                 - jnp.asarray(g, jnp.float32)).argmin(-1)[:, None].astype(jnp.int32)
+         for k, g in enumerate(space.grids)], 1)
   progress = Progress(sum(len(b.runs) for b in plan), config.train.num_epochs)
   progress.plan(progress.num_runs)
   signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]
+  separation = {}  # run key -> [per epoch mean share ruled out]
   for i, b in enumerate(plan):
     # Trained as the sweep trains the batch (its knowledge, views captured).
     batch_spec = dataclasses.replace(spec, knowledge=b.knowledge, capture_view=True)
-    _, _, views = _train_batch(config, dataset, batch_spec, list(b.runs), progress,
-                               f"batch {i + 1}/{len(plan)} ({b.knowledge})")
+    state, _, views = _train_batch(config, dataset, batch_spec, list(b.runs), progress,
+                                   f"batch {i + 1}/{len(plan)} ({b.knowledge})")
     released = views[0].ids[0].size
     for view in views:
       energy = np.asarray(jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)))
       for j, r in enumerate(b.runs):
-        noise = mechanism(config, r.setting)["noise_stddev"]
+        mech = mechanism(config, r.setting)
+        noise = mech["noise_stddev"]
         signal.setdefault(r.key, []).append((float(energy[j]) - d * noise ** 2) / c2)
+        if separable:
+          share = exact.ruled_out(model, space, jax.tree.map(lambda a: a[j], view),
+                                  true_digits, state.labels[j], float(mech["clip_norm"]),
+                                  float(noise))
+          separation.setdefault(r.key, []).append(float(jnp.mean(share)))
     del views
     progress.update(f"batch {i + 1}/{len(plan)}: message energy read",
                     units=len(b.runs), runs=len(b.runs))
@@ -565,16 +589,26 @@ def message_energy(config, workdir: str) -> list[dict]:
                   "label_epsilon": s.label_epsilon, "signal_over_c2": mean,
                   "signal_over_c2_ci95": half, "per_seed": values,
                   "noise_se": math.sqrt(2 * d) * sigma ** 2 / math.sqrt(released)})
+      if separable:
+        shares = [separation[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
+        mean, half = report.ci95(shares)
+        out[-1].update(ruled_out=mean, ruled_out_ci95=half, ruled_out_per_seed=shares)
   lines = [f"# {config.data.name}: message signal energy, ||clip(g)||^2 / C^2",
            "", f"config {provenance['config_hash']}, commit {provenance['git_commit']}, "
            f"seeds {' '.join(str(s) for s in config.sweep.seeds)}, clip norm "
            f"{config.defence.clip_norm:g}, cut dim {d}; mean ± 95 % t-interval over "
-           "seeds; 'noise se' is one run's standard error from the noise.", "",
-           "| setting | epoch | signal / C^2 | noise se |", "|---|---|---|---|"]
+           "seeds; 'noise se' is one run's standard error from the noise."
+           + (" 'ruled out': the share of wrong x_p candidates (sent label) one "
+              "release makes at most 1/e as likely as the truth." if separable else ""),
+           "", "| setting | epoch | signal / C^2 | noise se |"
+           + (" ruled out |" if separable else ""),
+           "|---|---|---|---|" + ("---|" if separable else "")]
   keys = [s.key for s in settings]
   for r in sorted(out, key=lambda r: (keys.index(r["setting"]), r["epoch"])):
     cell = report.mean_ci(r["signal_over_c2"], r["signal_over_c2_ci95"])
-    lines.append(f"| {r['setting']} | {r['epoch']} | {cell} | {r['noise_se']:.3f} |")
+    lines.append(f"| {r['setting']} | {r['epoch']} | {cell} | {r['noise_se']:.3f} |"
+                 + (f" {report.mean_ci(r['ruled_out'], r['ruled_out_ci95'])} |"
+                    if separable else ""))
   text = "\n".join(lines) + "\n"
   wd.write_text(os.path.join(workdir, "message_energy.md"), text)
   wd.write_json(os.path.join(workdir, "message_energy.json"), {"rows": out, **provenance})

@@ -1,6 +1,7 @@
 """Attacks: known answers on synthetic data, isolation from the private truth."""
 
 import ast
+import dataclasses
 import functools
 import glob
 import math
@@ -413,6 +414,41 @@ def _naive_scores(model, space, view, clip_norm):
   params = jax.tree.map(lambda a: a[:, 0], view.device_params)
   return np.asarray(jax.vmap(jax.vmap(record, (None, 0, 0)), (0, 0, 0))(
       params, view.h, view.messages))
+
+
+@pytest.mark.parametrize("clip_norm", [0.0, 0.05])
+def test_ruled_out_counts_the_wrong_candidates_a_release_sets_apart(run, clip_norm):
+  # The fixture's messages are noiseless and from the true labels, so the
+  # naive distances of every candidate to the (clipped) observed message are
+  # those to the true candidate's: at a noise scale sigma, a wrong candidate
+  # is ruled out where its squared distance exceeds 2 sigma^2. sigma is set
+  # so that about half are; without noise every wrong candidate differs
+  # (EXACT recovers everything here) unless clipping ties it; under
+  # overwhelming noise none is ruled out.
+  ds, model, views = run
+  view = jax.tree.map(lambda a: a[:4], views[-1])
+  view = view._replace(messages=exact.clip(view.messages, clip_norm))
+  space = knowledge.candidate_space(ds.schema, ())
+  ids = np.asarray(view.ids).ravel()
+  y = np.asarray(ds.train.y)
+  true_digits = jnp.asarray(ds.train.x_p_cat)
+  scores = _naive_scores(model, space, view, clip_norm).reshape(len(ids), space.size, 2)
+  dist = scores[np.arange(len(ids)), :, y[ids]]                  # [B, C] sent label
+  true_index = np.asarray(ds.train.x_p_cat)[ids] @ np.array([space.radices[1], 1])
+  wrong = np.arange(space.size)[None] != true_index[:, None]
+  sigma = float(np.sqrt(np.median(dist[wrong]) / 2))
+  got = lambda s: np.asarray(exact.ruled_out(model, space, view, true_digits,
+                                             jnp.asarray(y), clip_norm, s))
+  want = ((dist > 2 * sigma ** 2) & wrong).sum(-1) / wrong.sum(-1)
+  assert 0.3 < want.mean() < 0.7, want.mean()
+  np.testing.assert_allclose(got(sigma), want, atol=1.5 / wrong.sum(-1).min())
+  noiseless = got(0.0)
+  assert (noiseless.mean() > 0.99) if clip_norm == 0 else (0.5 < noiseless.mean() < 1), (
+      noiseless.mean())
+  assert got(1e3).max() == 0.0
+  with pytest.raises(ValueError, match="at most 4096"):
+    big = dataclasses.replace(space, radices=(100, 100))
+    exact.ruled_out(model, big, view, true_digits, jnp.asarray(y), 0.0, 0.0)
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, 0.05])

@@ -133,6 +133,56 @@ def candidate_messages(model, params, rec_pre, w_h, cand_pre, num_labels,
   return label_cotangents(logits, num_labels) @ (j_pre @ w_h.T)
 
 
+MAX_SEPARATION_CANDIDATES = 4096
+
+
+def ruled_out(model, space: CandidateSpace, view: ServerView, true_digits: jax.Array,
+              sent_labels: jax.Array, clip_norm: float, noise_stddev: float) -> jax.Array:
+  """What one release of each message tells apart, as the evaluator sees it:
+  per released record [S * B], the share of the wrong candidates (every x_p
+  of the space but the record's own, with the label the device sent) whose
+  noiseless clipped message lies over sqrt(2) noise_stddev from the true
+  one's, so that the release makes each of them at most 1/e as likely as
+  the truth (the Gaussian likelihood ratio exp(-||dg||^2 / (2 (sigma C)^2))).
+  Without noise, any difference above float rounding (1e-6 of ||g||^2) rules
+  a candidate out. The evaluator's diagnostic, not an attack: it reads every
+  record's true x_p (`true_digits` [N, F], numerics at their nearest grid
+  value) and sent label [N].
+
+  Raises:
+    ValueError: the space holds more than MAX_SEPARATION_CANDIDATES.
+  """
+  if space.size > MAX_SEPARATION_CANDIDATES:
+    raise ValueError(f"ruled_out: {space.size} candidates; at most "
+                     f"{MAX_SEPARATION_CANDIDATES} (categoricals only, or coarse grids)")
+  digits = space.digits(jnp.arange(space.size))
+  cands = space.encode(digits)                                   # [C, P]
+  true_private = space.encode(true_digits)                       # [N, P]
+  threshold = 2.0 * noise_stddev ** 2
+
+  def step(args):
+    h, ids, index, params_all = args
+
+    def record(h_i, i, pi):
+      params = jax.tree.map(lambda a: a[pi], params_all)
+      w_h = models.head_w_h(model, params)
+      rec_pre = models.head_record_pre(model, params, h_i)
+      message = lambda cand_pre: clip(candidate_messages(
+          model, params, rec_pre, w_h, cand_pre, space.num_labels)[sent_labels[i]],
+          clip_norm)
+      true = message(models.head_private_pre(model, params, true_private[i]))
+      others = jax.vmap(message)(models.head_private_pre(model, params, cands))
+      dist = jnp.sum((others - true) ** 2, -1)                   # [C]
+      floor = threshold if noise_stddev > 0 else 1e-6 * jnp.sum(true ** 2) + 1e-30
+      wrong = jnp.any(digits != true_digits[i], -1)
+      return jnp.sum(wrong & (dist > floor)) / jnp.maximum(jnp.sum(wrong), 1)
+
+    return jax.vmap(record)(h, ids, index)
+
+  out = jax.lax.map(jax.jit(step), (view.h, view.ids, view.param_index, view.device_params))
+  return out.reshape(-1)
+
+
 def clip(messages: jax.Array, clip_norm) -> jax.Array:
   """Per-message L2 clipping to clip_norm (a float or a traced scalar; <= 0
   means no clipping)."""
