@@ -8,10 +8,12 @@ with the server's views captured and writes message_energy.json and .md:
 per setting and epoch, the mean over released records of
 ||clip(g)||^2 / C^2, estimated from the messages as sent (their energy minus
 the noise's expected d (sigma C)^2), with the noise's standard error beside
-it, and the share of wrong x_p candidates (with the sent label) that one
-release makes at most 1/e as likely as the truth (for candidate spaces of
-at most 4,096; splitjax/sweep.py: message_energy). A workdir that already
-holds a result is refused.
+it, and what one release tells apart: the share of wrong x_p candidates
+(with the sent label) that it makes at most 1/e as likely as the truth, the
+share whose first-layer ReLU pattern differs from the truth's, and the true
+message's norm before clipping (for candidate spaces of at most 4,096;
+splitjax/sweep.py: message_energy). A workdir that already holds a result
+is refused.
 """
 
 from splitjax import cli, sweep

@@ -512,16 +512,22 @@ def main(config, workdir: str):
   return (run_datasets if "datasets" in config else run)(config, workdir)
 
 
+# message_energy's figures of what one release tells apart (exact.separation).
+_SEPARATION = ("ruled_out", "pattern_differs", "norm_over_c")
+
+
 def message_energy(config, workdir: str) -> list[dict]:
   """How much of the clip budget the messages carry, per setting of the
   sweep grid (the server-only model aside) and epoch: the mean over the
   released records of ||clip(g_i)||^2 / C^2, read off the messages as sent,
   mean ||m_i||^2 minus the noise's expected energy d (sigma C)^2, over C^2
   (C = defence.clip_norm; unclipped settings give ||g_i||^2 / C^2). Beside
-  it, what one release tells apart: the mean over the released records of
-  the share of wrong x_p candidates (with the sent label) that it makes at
-  most 1/e as likely as the truth (`exact.ruled_out`; the evaluator reads
-  every record's x_p for it). That needs a candidate space of at most
+  it, what one release tells apart (`exact.separation`; the evaluator reads
+  every record's x_p for it), each a mean over the released records: the
+  share of wrong x_p candidates (with the sent label) that one release makes
+  at most 1/e as likely as the truth; the share whose ReLU pattern in the
+  head's first layer differs from the truth's; and the true message's
+  unclipped norm over C. Those need a candidate space of at most
   exact.MAX_SEPARATION_CANDIDATES; larger ones get the energy alone.
 
   The noise's own spread leaves the estimate a standard error of
@@ -548,7 +554,7 @@ def message_energy(config, workdir: str) -> list[dict]:
                                     tuple(config.attack.exact.numeric_grids))
   separable = space.size <= exact.MAX_SEPARATION_CANDIDATES
   if not separable:
-    logging.warning("message_energy: %d candidates, over %d: no ruled-out share",
+    logging.warning("message_energy: %d candidates, over %d: energy alone",
                     space.size, exact.MAX_SEPARATION_CANDIDATES)
   true_digits = jnp.concatenate(
       [jnp.asarray(dataset.train.x_p_cat)]
@@ -558,7 +564,7 @@ def message_energy(config, workdir: str) -> list[dict]:
   progress = Progress(sum(len(b.runs) for b in plan), config.train.num_epochs)
   progress.plan(progress.num_runs)
   signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]
-  separation = {}  # run key -> [per epoch mean share ruled out]
+  apart = {}  # run key -> [per epoch (ruled out, pattern differs, norm / C) means]
   for i, b in enumerate(plan):
     # Trained as the sweep trains the batch (its knowledge, views captured).
     batch_spec = dataclasses.replace(spec, knowledge=b.knowledge, capture_view=True)
@@ -572,10 +578,12 @@ def message_energy(config, workdir: str) -> list[dict]:
         noise = mech["noise_stddev"]
         signal.setdefault(r.key, []).append((float(energy[j]) - d * noise ** 2) / c2)
         if separable:
-          share = exact.ruled_out(model, space, jax.tree.map(lambda a: a[j], view),
-                                  true_digits, state.labels[j], float(mech["clip_norm"]),
-                                  float(noise))
-          separation.setdefault(r.key, []).append(float(jnp.mean(share)))
+          sep = exact.separation(model, space, jax.tree.map(lambda a: a[j], view),
+                                 true_digits, state.labels[j], float(mech["clip_norm"]),
+                                 float(noise))
+          apart.setdefault(r.key, []).append(
+              (float(jnp.mean(sep.ruled_out)), float(jnp.mean(sep.pattern_differs)),
+               float(jnp.mean(sep.norm)) / math.sqrt(c2)))
     del views
     progress.update(f"batch {i + 1}/{len(plan)}: message energy read",
                     units=len(b.runs), runs=len(b.runs))
@@ -589,26 +597,29 @@ def message_energy(config, workdir: str) -> list[dict]:
                   "label_epsilon": s.label_epsilon, "signal_over_c2": mean,
                   "signal_over_c2_ci95": half, "per_seed": values,
                   "noise_se": math.sqrt(2 * d) * sigma ** 2 / math.sqrt(released)})
-      if separable:
-        shares = [separation[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
-        mean, half = report.ci95(shares)
-        out[-1].update(ruled_out=mean, ruled_out_ci95=half, ruled_out_per_seed=shares)
+      for k, name in enumerate(_SEPARATION if separable else ()):
+        values = [apart[Run(s, int(seed)).key][e][k] for seed in config.sweep.seeds]
+        mean, half = report.ci95(values)
+        out[-1].update({name: mean, f"{name}_ci95": half, f"{name}_per_seed": values})
   lines = [f"# {config.data.name}: message signal energy, ||clip(g)||^2 / C^2",
            "", f"config {provenance['config_hash']}, commit {provenance['git_commit']}, "
            f"seeds {' '.join(str(s) for s in config.sweep.seeds)}, clip norm "
            f"{config.defence.clip_norm:g}, cut dim {d}; mean ± 95 % t-interval over "
            "seeds; 'noise se' is one run's standard error from the noise."
-           + (" 'ruled out': the share of wrong x_p candidates (sent label) one "
-              "release makes at most 1/e as likely as the truth." if separable else ""),
+           + (" Of the wrong x_p candidates (sent label): 'ruled out', the share one "
+              "release makes at most 1/e as likely as the truth; 'pattern differs', "
+              "the share whose first-layer ReLU pattern differs from the truth's. "
+              "'||g|| / C': the true message's norm before clipping." if separable
+              else ""),
            "", "| setting | epoch | signal / C^2 | noise se |"
-           + (" ruled out |" if separable else ""),
-           "|---|---|---|---|" + ("---|" if separable else "")]
+           + (" ruled out | pattern differs | \\|\\|g\\|\\| / C |" if separable else ""),
+           "|---|---|---|---|" + ("---|" * 3 if separable else "")]
   keys = [s.key for s in settings]
   for r in sorted(out, key=lambda r: (keys.index(r["setting"]), r["epoch"])):
     cell = report.mean_ci(r["signal_over_c2"], r["signal_over_c2_ci95"])
     lines.append(f"| {r['setting']} | {r['epoch']} | {cell} | {r['noise_se']:.3f} |"
-                 + (f" {report.mean_ci(r['ruled_out'], r['ruled_out_ci95'])} |"
-                    if separable else ""))
+                 + "".join(f" {report.mean_ci(r[n], r[n + '_ci95'])} |"
+                           for n in (_SEPARATION if separable else ())))
   text = "\n".join(lines) + "\n"
   wd.write_text(os.path.join(workdir, "message_energy.md"), text)
   wd.write_json(os.path.join(workdir, "message_energy.json"), {"rows": out, **provenance})

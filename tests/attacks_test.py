@@ -417,7 +417,7 @@ def _naive_scores(model, space, view, clip_norm):
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, 0.05])
-def test_ruled_out_counts_the_wrong_candidates_a_release_sets_apart(run, clip_norm):
+def test_separation_counts_the_wrong_candidates_a_release_sets_apart(run, clip_norm):
   # The fixture's messages are noiseless and from the true labels, so the
   # naive distances of every candidate to the (clipped) observed message are
   # those to the true candidate's: at a noise scale sigma, a wrong candidate
@@ -427,6 +427,7 @@ def test_ruled_out_counts_the_wrong_candidates_a_release_sets_apart(run, clip_no
   # overwhelming noise none is ruled out.
   ds, model, views = run
   view = jax.tree.map(lambda a: a[:4], views[-1])
+  norms = np.linalg.norm(np.asarray(view.messages), axis=-1).ravel()
   view = view._replace(messages=exact.clip(view.messages, clip_norm))
   space = knowledge.candidate_space(ds.schema, ())
   ids = np.asarray(view.ids).ravel()
@@ -437,18 +438,26 @@ def test_ruled_out_counts_the_wrong_candidates_a_release_sets_apart(run, clip_no
   true_index = np.asarray(ds.train.x_p_cat)[ids] @ np.array([space.radices[1], 1])
   wrong = np.arange(space.size)[None] != true_index[:, None]
   sigma = float(np.sqrt(np.median(dist[wrong]) / 2))
-  got = lambda s: np.asarray(exact.ruled_out(model, space, view, true_digits,
-                                             jnp.asarray(y), clip_norm, s))
+  got = lambda s, c=clip_norm: exact.separation(model, space, view, true_digits,
+                                                jnp.asarray(y), c, s)
   want = ((dist > 2 * sigma ** 2) & wrong).sum(-1) / wrong.sum(-1)
   assert 0.3 < want.mean() < 0.7, want.mean()
-  np.testing.assert_allclose(got(sigma), want, atol=1.5 / wrong.sum(-1).min())
+  np.testing.assert_allclose(got(sigma).ruled_out, want, atol=1.5 / wrong.sum(-1).min())
   noiseless = got(0.0)
-  assert (noiseless.mean() > 0.99) if clip_norm == 0 else (0.5 < noiseless.mean() < 1), (
-      noiseless.mean())
-  assert got(1e3).max() == 0.0
+  assert (noiseless.ruled_out.mean() > 0.99 if clip_norm == 0
+          else 0.5 < noiseless.ruled_out.mean() < 1), noiseless.ruled_out.mean()
+  assert got(1e3).ruled_out.max() == 0.0
+  # The unclipped norm is the observed message's (noiseless, true label).
+  np.testing.assert_allclose(noiseless.norm, norms, rtol=1e-4)
+  # Clipped to a sliver, every message keeps only its direction, which
+  # changes with the ReLU pattern alone: what one noiseless release rules
+  # out is exactly the candidates whose pattern differs.
+  sliver = got(0.0, 1e-6)
+  np.testing.assert_array_equal(sliver.ruled_out, sliver.pattern_differs)
+  assert 0.2 < sliver.pattern_differs.mean() < 1, sliver.pattern_differs.mean()
   with pytest.raises(ValueError, match="at most 4096"):
     big = dataclasses.replace(space, radices=(100, 100))
-    exact.ruled_out(model, big, view, true_digits, jnp.asarray(y), 0.0, 0.0)
+    exact.separation(model, big, view, true_digits, jnp.asarray(y), 0.0, 0.0)
 
 
 @pytest.mark.parametrize("clip_norm", [0.0, 0.05])

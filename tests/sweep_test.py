@@ -282,8 +282,17 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
     # 0.859 / 0.000 after epoch 2.
     ruled = [by[k, e]["ruled_out"] for k in ("none", "noise_sigma0.001", "noise_sigma2")]
     assert ruled[0] > 0.99 and 0.5 < ruled[1] < 0.99 and ruled[2] == 0.0, ruled
+    # Nearly every message here is clipped (unclipped norm about 2.5 C), so
+    # at sigma 1e-3 a release rules out about the candidates whose ReLU
+    # pattern differs (measured 0.892 and 0.881, 0.859 and 0.851). The
+    # undefended energy is the mean ||g||^2 / C^2 exactly, at least the
+    # square of the mean norm / C (Jensen).
+    pattern = by["noise_sigma0.001", e]["pattern_differs"]
+    assert abs(ruled[1] - pattern) < 0.03 and 0.5 < pattern < 1, (ruled, pattern)
+    none = by["none", e]
+    assert 1 < none["norm_over_c"] ** 2 <= none["signal_over_c2"] * (1 + 1e-4), none
   md = (tmp_path / "message_energy.md").read_text()
-  assert "| noise_sigma2 | 2 | " in md and "ruled out |" in md
+  assert "| noise_sigma2 | 2 | " in md and "ruled out | pattern differs |" in md
   with pytest.raises(ConfigError, match="holds"):
     sweep.message_energy(c, str(tmp_path))
 

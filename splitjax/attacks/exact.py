@@ -136,24 +136,38 @@ def candidate_messages(model, params, rec_pre, w_h, cand_pre, num_labels,
 MAX_SEPARATION_CANDIDATES = 4096
 
 
-def ruled_out(model, space: CandidateSpace, view: ServerView, true_digits: jax.Array,
-              sent_labels: jax.Array, clip_norm: float, noise_stddev: float) -> jax.Array:
-  """What one release of each message tells apart, as the evaluator sees it:
-  per released record [S * B], the share of the wrong candidates (every x_p
-  of the space but the record's own, with the label the device sent) whose
-  noiseless clipped message lies over sqrt(2) noise_stddev from the true
-  one's, so that the release makes each of them at most 1/e as likely as
-  the truth (the Gaussian likelihood ratio exp(-||dg||^2 / (2 (sigma C)^2))).
-  Without noise, any difference above float rounding (1e-6 of ||g||^2) rules
-  a candidate out. The evaluator's diagnostic, not an attack: it reads every
-  record's true x_p (`true_digits` [N, F], numerics at their nearest grid
-  value) and sent label [N].
+class Separation(NamedTuple):
+  """`separation`'s per-record figures, each [S * B] over released records."""
+  ruled_out: jax.Array       # share of wrong candidates one release rules out
+  pattern_differs: jax.Array  # share whose first-layer ReLU pattern differs
+  norm: jax.Array            # the true message's unclipped norm
+
+
+def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.Array,
+               sent_labels: jax.Array, clip_norm: float, noise_stddev: float) -> Separation:
+  """What one release of each message tells apart, as the evaluator sees it,
+  per released record:
+
+  - `ruled_out`: the share of the wrong candidates (every x_p of the space
+    but the record's own, with the label the device sent) whose noiseless
+    clipped message lies over sqrt(2) noise_stddev from the true one's, so
+    that the release makes each of them at most 1/e as likely as the truth
+    (the Gaussian likelihood ratio exp(-||dg||^2 / (2 (sigma C)^2))).
+    Without noise, any difference above float rounding (1e-6 of ||g||^2).
+  - `pattern_differs`: the share of the wrong candidates whose x_p turns
+    some unit of the head's first layer on or off: clipping keeps only a
+    message's direction, and that changes only with this ReLU pattern.
+  - `norm`: the true message's norm before clipping.
+
+  The evaluator's diagnostic, not an attack: it reads every record's true
+  x_p (`true_digits` [N, F], numerics at their nearest grid value) and sent
+  label [N].
 
   Raises:
     ValueError: the space holds more than MAX_SEPARATION_CANDIDATES.
   """
   if space.size > MAX_SEPARATION_CANDIDATES:
-    raise ValueError(f"ruled_out: {space.size} candidates; at most "
+    raise ValueError(f"separation: {space.size} candidates; at most "
                      f"{MAX_SEPARATION_CANDIDATES} (categoricals only, or coarse grids)")
   digits = space.digits(jnp.arange(space.size))
   cands = space.encode(digits)                                   # [C, P]
@@ -167,20 +181,26 @@ def ruled_out(model, space: CandidateSpace, view: ServerView, true_digits: jax.A
       params = jax.tree.map(lambda a: a[pi], params_all)
       w_h = models.head_w_h(model, params)
       rec_pre = models.head_record_pre(model, params, h_i)
-      message = lambda cand_pre: clip(candidate_messages(
-          model, params, rec_pre, w_h, cand_pre, space.num_labels)[sent_labels[i]],
-          clip_norm)
-      true = message(models.head_private_pre(model, params, true_private[i]))
-      others = jax.vmap(message)(models.head_private_pre(model, params, cands))
+      message = lambda cand_pre: candidate_messages(
+          model, params, rec_pre, w_h, cand_pre, space.num_labels)[sent_labels[i]]
+      true_pre = models.head_private_pre(model, params, true_private[i])
+      cand_pre = models.head_private_pre(model, params, cands)   # [C, H]
+      raw = message(true_pre)
+      true = clip(raw, clip_norm)
+      others = clip(jax.vmap(message)(cand_pre), clip_norm)
       dist = jnp.sum((others - true) ** 2, -1)                   # [C]
       floor = threshold if noise_stddev > 0 else 1e-6 * jnp.sum(true ** 2) + 1e-30
       wrong = jnp.any(digits != true_digits[i], -1)
-      return jnp.sum(wrong & (dist > floor)) / jnp.maximum(jnp.sum(wrong), 1)
+      count = jnp.maximum(jnp.sum(wrong), 1)
+      on = (rec_pre + true_pre) > 0
+      flips = jnp.any((rec_pre + cand_pre > 0) != on, -1)
+      return (jnp.sum(wrong & (dist > floor)) / count, jnp.sum(wrong & flips) / count,
+              jnp.linalg.norm(raw))
 
     return jax.vmap(record)(h, ids, index)
 
   out = jax.lax.map(jax.jit(step), (view.h, view.ids, view.param_index, view.device_params))
-  return out.reshape(-1)
+  return Separation(*(a.reshape(-1) for a in out))
 
 
 def clip(messages: jax.Array, clip_norm) -> jax.Array:
