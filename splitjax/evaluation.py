@@ -69,7 +69,8 @@ def calibration(confidence, correct, num_bins=10):
 
 
 def score(schema, truth, noisy_labels, mask, pred_cat, pred_num, pred_label,
-          prior_scores=None, posterior=None, confidence=None, joint=None):
+          prior_scores=None, posterior=None, confidence=None, joint=None,
+          num_in_window=None):
   """Per-feature and label accuracy, all-correct rate, advantage over the
   prior, MAE in standard deviations for numerics, confusion matrices, the
   posterior's calibration, and with `confidence` ({feature or "label": [N]
@@ -79,6 +80,10 @@ def score(schema, truth, noisy_labels, mask, pred_cat, pred_num, pred_label,
   joint: (categorical codes, label) of one joint guess (Bayes's MAP
   candidate) that the all-correct rate and `posterior`'s calibration score,
   where the per-feature predictions are each feature's own best guess.
+  num_in_window: [N, M] numeric guesses that the rate within half a unit
+  scores, where `pred_num` (the MAE's) is not the best guess for it (Bayes:
+  the posterior median for the MAE, the fullest half-unit window for the
+  rate).
   """
   out = {"num_records": int(mask.sum()), "features": {}}
   joint_cat, joint_label = (pred_cat, pred_label) if joint is None else joint
@@ -98,8 +103,10 @@ def score(schema, truth, noisy_labels, mask, pred_cat, pred_num, pred_label,
     if pred_num is None:
       break
     err = np.abs(pred_num[:, k] - truth.x_p_num[:, k])[mask]  # normalised units
+    hit = err if num_in_window is None else np.abs(
+        num_in_window[:, k] - truth.x_p_num[:, k])[mask]
     out["features"][f.name] = {"mae_std": float(err.mean()),
-                               "accuracy_within_half_unit": float(np.mean(err * f.std <= 0.5))}
+                               "accuracy_within_half_unit": float(np.mean(hit * f.std <= 0.5))}
   if pred_label is not None:
     out["label"] = {"accuracy": _acc(pred_label, truth.y, mask),
                     "confusion": confusion(pred_label, truth.y, mask, schema.num_classes)}
@@ -524,13 +531,16 @@ def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy):
     # posterior's calibration by the MAP candidate.
     r = ex_res.bayes(s, epoch)
     cat, num = _split(ctx.space, r.marginal_digits)
+    in_window = r.marginal_digits.copy()
+    in_window[:, ctx.space.num_categorical:] = r.window_digits
+    in_window = _split(ctx.space, in_window)[1]
     names_p = [f.name for f in schema.private_categorical] + ["label"]
     cols = list(range(ctx.space.num_categorical)) + [-1]
     scored(
         "bayes_exact", mask & r.seen, cat, num, r.marginal_label,
         posterior=r.posterior,
         confidence={n_: r.marginal_posterior[:, c] for n_, c in zip(names_p, cols)},
-        joint=(_split(ctx.space, r.digits)[0], r.label))
+        joint=(_split(ctx.space, r.digits)[0], r.label), num_in_window=in_window)
     per["bayes_exact"]["releases_per_record"] = epoch
   if "gradmatch" in names and heavy:
     g = ctx.config.attack.gradmatch

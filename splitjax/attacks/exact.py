@@ -82,6 +82,9 @@ class ExactResult(NamedTuple):
   marginal_digits: np.ndarray | None = None   # int32 [N, F]
   marginal_label: np.ndarray | None = None    # int32 [N]
   marginal_posterior: np.ndarray | None = None  # float32 [N, F + 1]
+  # Bayes only: each numeric's grid index that catches the most posterior
+  # mass within half a unit (`window_index`), [N, private numerics].
+  window_digits: np.ndarray | None = None
 
 
 class SettingsResult(NamedTuple):
@@ -101,6 +104,7 @@ class SettingsResult(NamedTuple):
   bayes_marginal_digits: np.ndarray      # int32 [S, E, N, F] marginal MAP (numerics: median)
   bayes_marginal_label: np.ndarray       # int32 [S, E, N] the label's marginal MAP
   bayes_marginal_posterior: np.ndarray   # float32 [S, E, N, F + 1] their probabilities
+  bayes_window_digits: np.ndarray        # int32 [S, E, N, M] numerics' window picks
 
   def exact(self, s: int, e: int) -> ExactResult:
     return ExactResult(self.exact_digits[s, e], self.exact_label[s, e],
@@ -112,7 +116,8 @@ class SettingsResult(NamedTuple):
     return ExactResult(self.bayes_digits[s, e], self.bayes_label[s, e],
                        self.bayes_log_map[s, e], self.bayes_posterior[s, e],
                        self.released[s, :e + 1].any(0), self.bayes_marginal_digits[s, e],
-                       self.bayes_marginal_label[s, e], self.bayes_marginal_posterior[s, e])
+                       self.bayes_marginal_label[s, e], self.bayes_marginal_posterior[s, e],
+                       self.bayes_window_digits[s, e])
 
 
 def label_cotangents(logits: jax.Array, num_labels: int) -> jax.Array:
@@ -571,8 +576,27 @@ def median_index(probs: jax.Array) -> jax.Array:
   return jnp.argmax(jnp.cumsum(probs, -1) >= 0.5 - 1e-4, -1)
 
 
+def half_unit_windows(space: CandidateSpace) -> tuple[np.ndarray, ...]:
+  """Per private numeric, [G, G] with 1 where grid values j and k lie within
+  half a unit of each other (in the feature's own units), else 0."""
+  return tuple((np.abs(np.subtract.outer(np.asarray(g, np.float64), np.asarray(g)))
+                <= 0.5 + 1e-6).astype(np.float32) for g in space.raw_grids)
+
+
+def window_index(probs: jax.Array, window: jax.Array) -> jax.Array:
+  """The grid index whose half-unit window (`half_unit_windows`) holds the
+  most of probs [..., G]: the guess most likely within half a unit of the
+  truth, the success the audit and the tables' rate count (on an integer
+  grid of step 1, the mode). Windows within 1e-6 of the fullest tie (a
+  point mass fills every window around it) go to the one whose own value
+  holds the most mass."""
+  held = probs @ window
+  near = held >= held.max(-1, keepdims=True) - 1e-6
+  return jnp.argmax(jnp.where(near, probs, -1.0), -1)
+
+
 @functools.partial(jax.jit, static_argnames=("widths", "num_categorical"))
-def _marginal_picks(log_mass, widths, num_categorical, record_ids):
+def _marginal_picks(log_mass, widths, num_categorical, record_ids, windows=()):
   """(index [..., G], probability [..., G]) of each group of log_mass
   [..., N, sum(widths)] (G groups: the features, then the label), N the
   records (record_ids [N] their ids for the tie order, None: 0..N-1). A
@@ -582,9 +606,10 @@ def _marginal_picks(log_mass, widths, num_categorical, record_ids):
   feature's (the groups after the first `num_categorical`) is its posterior
   median (`median_index`): numerics are scored by absolute error. The
   probability is the pick's mass; a record without a release gets index 0
-  and probability nan."""
+  and probability nan. Third, [..., M] each numeric's `window_index` under
+  its `windows` entry (the success within half a unit is scored by it)."""
   ids = jnp.arange(log_mass.shape[-2]) if record_ids is None else record_ids
-  picks, probs, start = [], [], 0
+  picks, probs, in_window, start = [], [], [], 0
   for g, w in enumerate(widths):
     x = log_mass[..., start:start + w]
     start += w
@@ -592,7 +617,9 @@ def _marginal_picks(log_mass, widths, num_categorical, record_ids):
     ok = jnp.isfinite(best)
     log_p = x - jax.nn.logsumexp(jnp.where(ok, x, 0.0), -1, keepdims=True)
     if num_categorical <= g < len(widths) - 1:
-      j = median_index(jnp.exp(jnp.where(ok, log_p, 0.0)))
+      mass = jnp.exp(jnp.where(ok, log_p, 0.0))
+      j = median_index(mass)
+      in_window.append(window_index(mass, windows[g - num_categorical]).astype(jnp.int32))
     else:
       near = ok & (x >= best - (_RTOL * jnp.abs(best) + 1e-4))
       rank = jnp.where(near, _tie_order(ids, jnp.arange(w)), jnp.uint32(0xFFFFFFFF))
@@ -600,7 +627,9 @@ def _marginal_picks(log_mass, widths, num_categorical, record_ids):
     p = jnp.exp(jnp.take_along_axis(log_p, j[..., None], -1))[..., 0]
     picks.append(j.astype(jnp.int32))
     probs.append(jnp.where(ok[..., 0], p, jnp.nan))
-  return jnp.stack(picks, -1), jnp.stack(probs, -1)
+  window_shape = log_mass.shape[:-1] + (0,)
+  return (jnp.stack(picks, -1), jnp.stack(probs, -1),
+          jnp.stack(in_window, -1) if in_window else jnp.zeros(window_shape, jnp.int32))
 
 
 _STATIC = ("model", "space", "metric", "chunk", "num_records", "bayes", "block")
@@ -868,7 +897,8 @@ def _attack_records(model, space: CandidateSpace, views: list[ServerView],
   # only the Bayes sums when Bayes ran: on a GPU each transfer costs a sync.
   ex_best, ex_arg, _, b_best, b_arg, _, b_lse, b_mass = carry
   bayes_out = ((b_best, b_arg, b_lse)
-               + _marginal_picks(b_mass, widths, space.num_categorical, record_ids)
+               + _marginal_picks(b_mass, widths, space.num_categorical, record_ids,
+                                 half_unit_windows(space))
                if bayes else ())
   ex_best, ex_arg, bayes_out, all_ids = sharding.to_host(
       (ex_best, ex_arg, bayes_out, [v.ids for v in views]))
@@ -889,7 +919,7 @@ def _attack_records(model, space: CandidateSpace, views: list[ServerView],
 
   ex_digits, ex_label = unpack(ex_arg)
   if bayes:
-    b_best, b_arg, b_lse, m_pick, m_prob = bayes_out
+    b_best, b_arg, b_lse, m_pick, m_prob, w_pick = bayes_out
     b_digits, b_label = unpack(b_arg)
     posterior = np.exp(b_best - b_lse).astype(np.float32)
     m_digits, m_label = m_pick[..., :-1], m_pick[..., -1]
@@ -899,9 +929,10 @@ def _attack_records(model, space: CandidateSpace, views: list[ServerView],
     posterior = np.full(shape, np.nan, np.float32)
     b_best = np.full(shape, -np.inf, np.float32)
     m_prob = np.zeros(shape + (0,), np.float32)
+    w_pick = np.zeros(shape + (0,), np.int32)
   return SettingsResult(ex_digits, ex_label, (-ex_best).astype(np.float32),
                         b_digits, b_label, posterior, b_best.astype(np.float32),
-                        released, m_digits, m_label, m_prob)
+                        released, m_digits, m_label, m_prob, w_pick)
 
 
 def attack(model, space: CandidateSpace, mech: Mechanism, views: list[ServerView],
