@@ -527,7 +527,8 @@ def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy):
     scored("exact", mask & r.seen, *_split(ctx.space, r.digits), r.label)
   if "bayes_exact" in names:
     # Each categorical and the label scored by its own marginal MAP, each
-    # numeric by its marginal median; the all-correct rate and the
+    # numeric's MAE by its marginal median and its rate within half a unit
+    # by its fullest half-unit window; the all-correct rate and the
     # posterior's calibration by the MAP candidate.
     r = ex_res.bayes(s, epoch)
     cat, num = _split(ctx.space, r.marginal_digits)

@@ -24,7 +24,9 @@ through the same clipping, and scores it against g_i (Qiu et al. 2023, §4).
   the MAP candidate maximises the chance that everything is right, the
   marginal MAPs each feature's chance. A numeric feature's own pick is its
   marginal posterior median on the grid instead, which minimises the
-  expected absolute error it is scored by. With sigma = 0 the
+  expected absolute error its MAE scores; its rate within half a unit of
+  the truth scores the grid value whose half-unit window holds the most
+  posterior mass (`window_index`). With sigma = 0 the
   likelihood is a point mass; it stands in a Gaussian whose scale is
   `noiseless_scale` times the record's RMS message coordinate, which makes it
   EXACT with a prior tie-break whatever the size of the record's messages.
