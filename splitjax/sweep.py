@@ -43,7 +43,7 @@ from absl import logging
 
 from splitjax import accounting, audit, configlib, data, evaluation, models
 from splitjax import report, sharding, training
-from splitjax.attacks import exact, knowledge
+from splitjax.attacks import baselines, exact, knowledge
 from splitjax import workdir as wd
 from splitjax.errors import ConfigError
 
@@ -556,11 +556,11 @@ def message_energy(config, workdir: str) -> list[dict]:
   if not separable:
     logging.warning("message_energy: %d candidates, over %d: energy alone",
                     space.size, exact.MAX_SEPARATION_CANDIDATES)
-  true_digits = jnp.concatenate(
-      [jnp.asarray(dataset.train.x_p_cat)]
-      + [jnp.abs(jnp.asarray(dataset.train.x_p_num)[:, k, None]
-                 - jnp.asarray(g, jnp.float32)).argmin(-1)[:, None].astype(jnp.int32)
-         for k, g in enumerate(space.grids)], 1)
+  x_p_num = np.asarray(dataset.train.x_p_num)
+  true_digits = np.concatenate(
+      [np.asarray(dataset.train.x_p_cat)]
+      + [baselines.grid_index(x_p_num[:, k], g)[:, None] for k, g in enumerate(space.grids)],
+      1).astype(np.int32)
   progress = Progress(sum(len(b.runs) for b in plan), config.train.num_epochs)
   progress.plan(progress.num_runs)
   signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]

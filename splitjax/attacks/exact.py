@@ -176,6 +176,15 @@ def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.
   if space.size > MAX_SEPARATION_CANDIDATES:
     raise ValueError(f"separation: {space.size} candidates; at most "
                      f"{MAX_SEPARATION_CANDIDATES} (categoricals only, or coarse grids)")
+  return _separation(model, space, view, jnp.asarray(true_digits),
+                     jnp.asarray(sent_labels), jnp.float32(clip_norm),
+                     jnp.float32(noise_stddev))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "space"))
+def _separation(model, space, view, true_digits, sent_labels, clip_norm, noise_stddev):
+  """`separation` in one compiled program per model, space and view shape:
+  the mechanism's scalars are traced, so every setting and epoch reuses it."""
   digits = space.digits(jnp.arange(space.size))
   cands = space.encode(digits)                                   # [C, P]
   true_private = space.encode(true_digits)                       # [N, P]
@@ -183,6 +192,9 @@ def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.
 
   def step(args):
     h, ids, index, params_all = args
+    # The candidates' share of the first layer depends on the params alone:
+    # once per step and param set [P, C, H], not per record.
+    cand_all = jax.vmap(lambda prm: models.head_private_pre(model, prm, cands))(params_all)
 
     def record(h_i, i, pi):
       params = jax.tree.map(lambda a: a[pi], params_all)
@@ -191,12 +203,13 @@ def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.
       message = lambda cand_pre: candidate_messages(
           model, params, rec_pre, w_h, cand_pre, space.num_labels)[sent_labels[i]]
       true_pre = models.head_private_pre(model, params, true_private[i])
-      cand_pre = models.head_private_pre(model, params, cands)   # [C, H]
+      cand_pre = cand_all[pi]                                    # [C, H]
       raw = message(true_pre)
       true = clip(raw, clip_norm)
       others = clip(jax.vmap(message)(cand_pre), clip_norm)
       dist = jnp.sum((others - true) ** 2, -1)                   # [C]
-      floor = threshold if noise_stddev > 0 else 1e-6 * jnp.sum(true ** 2) + 1e-30
+      floor = jnp.where(noise_stddev > 0, threshold,
+                        1e-6 * jnp.sum(true ** 2) + 1e-30)
       wrong = jnp.any(digits != true_digits[i], -1)
       count = jnp.maximum(jnp.sum(wrong), 1)
       on = (rec_pre + true_pre) > 0
@@ -206,7 +219,7 @@ def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.
 
     return jax.vmap(record)(h, ids, index)
 
-  out = jax.lax.map(jax.jit(step), (view.h, view.ids, view.param_index, view.device_params))
+  out = jax.lax.map(step, (view.h, view.ids, view.param_index, view.device_params))
   return Separation(*(a.reshape(-1) for a in out))
 
 
