@@ -532,9 +532,8 @@ def _attack_one(ctx, view, mask, mech, noisy, ex_res, s, epoch, heavy):
     # posterior's calibration by the MAP candidate.
     r = ex_res.bayes(s, epoch)
     cat, num = _split(ctx.space, r.marginal_digits)
-    in_window = r.marginal_digits.copy()
-    in_window[:, ctx.space.num_categorical:] = r.window_digits
-    in_window = _split(ctx.space, in_window)[1]
+    in_window = _split(ctx.space, np.concatenate(
+        [r.marginal_digits[:, :ctx.space.num_categorical], r.window_digits], 1))[1]
     names_p = [f.name for f in schema.private_categorical] + ["label"]
     cols = list(range(ctx.space.num_categorical)) + [-1]
     scored(
