@@ -259,12 +259,16 @@ def prepare(config, dataset: data.Dataset, model, spec) -> AttackContext:
     # is the best such guess's success, so it is held to this one as well.
     start = time.time()
     ctx.prior_guesses[kind] = prior_guess(ctx, kind, space)
-    cat, num, label, _ = ctx.prior_guesses[kind]
-    alone = score(schema, dataset.train, None, targets, cat, num, label)
-    best.update({k: max(v, _accuracy(alone, k)) for k, v in best.items()})
+    cat, num, label, _, num_in_window = ctx.prior_guesses[kind]
+    # A numeric's rate within half a unit by both of its guesses: the
+    # window pick is the one meant for it, but under a flat prior the
+    # median can do better, and kappa is held to the best.
+    alone = [score(schema, dataset.train, None, targets, cat, num, label,
+                   num_in_window=w) for w in (num_in_window, None)]
+    rate = {k: max(_accuracy(a, k) for a in alone) for k in best}
+    best.update({k: max(v, rate[k]) for k, v in best.items()})
     logging.info("Bayes's %s prior alone on the targets (%.1f s), accuracy: %s",
-                 kind, time.time() - start,
-                 ", ".join(f"{k} {_accuracy(alone, k):.4f}" for k in best))
+                 kind, time.time() - start, ", ".join(f"{k} {rate[k]:.4f}" for k in best))
   ctx.kappa = kappa = {k: audit.kappa_of(v, best[k], targets) for k, v in log_probs.items()}
   # A numeric's kappa (success: within half a unit of the truth): the most
   # mass a guess catches under Bayes's prior from the server model (on the
@@ -658,15 +662,19 @@ def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray
                     block: int = 512):
   """A Bayes prior alone, with no release: for the records `rows`, each
   private categorical's and the label's marginal MAP, each numeric's
-  marginal median (`exact.median_index`) and the MAP candidate.
+  marginal median (`exact.median_index`) and its fullest half-unit window
+  (`exact.window_index`), and the MAP candidate.
 
   The categoricals' factors read no numeric (`exact.feature_log_priors`), so
   they are evaluated once per combination of categoricals, and the numerics'
   tables once per combination of grid values; only the label's factor, which
   may read every private value, runs over the whole space.
 
-  Returns (marginal codes [R, F], marginal labels [R], MAP codes [R, F], MAP
-  labels [R]). Records go in padded blocks of `block` (one compile).
+  Returns (marginal codes [R, F], the numerics' window picks [R, M],
+  marginal labels [R], MAP codes [R, F], MAP labels [R]): a numeric's code
+  in the first is its median, which the MAE scores; the window pick is the
+  guess the rate within half a unit scores. Records go in padded blocks of
+  `block` (one compile).
   """
   nc, k = space.num_categorical, space.num_labels
   combos = math.prod(space.radices[:nc])
@@ -679,6 +687,7 @@ def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray
                            + [jax.nn.one_hot(cat_digits[:, j], r)
                               for j, r in enumerate(space.radices[:nc])], -1)
   splits = np.cumsum(space.radices[:nc])[:-1]
+  windows = [jnp.asarray(w) for w in exact.half_unit_windows(space)]
 
   tables = [t for t in (*log_prior[0], log_prior[1])
             if isinstance(t, knowledge.ConditionalPrior)]
@@ -706,23 +715,26 @@ def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray
     post = jax.nn.softmax(lp.reshape(b, -1), -1).reshape(lp.shape)
     picks = ([f.argmax(-1) for f in
               jnp.split(jnp.einsum("bcgk,cv->bv", post, onehot), splits, -1)] if nc else [])
+    in_window = []
     if grid > 1:
       numerics = post.sum((1, 3)).reshape((b,) + space.radices[nc:])
       for j in range(len(space.radices) - nc):
         others = tuple(a + 1 for a in range(len(space.radices) - nc) if a != j)
-        picks.append(exact.median_index(numerics.sum(others)))
+        marginal = numerics.sum(others)
+        picks.append(exact.median_index(marginal))
+        in_window.append(exact.window_index(marginal, windows[j]))
     best = jnp.argmax(lp.reshape(b, -1), -1)
-    return picks, post.sum((1, 2)).argmax(-1), digits[best // k], best % k
+    return picks, in_window, post.sum((1, 2)).argmax(-1), digits[best // k], best % k
 
   outs = []
   start = last_log = time.perf_counter()
   for lo in range(0, len(rows), block):
     idx = rows[lo:lo + block]
     pad = np.pad(idx, (0, block - len(idx)), mode="edge")
-    feats, label, map_cat, map_label = jax.device_get(one(jnp.asarray(pad)))
+    feats, in_window, label, map_cat, map_label = jax.device_get(one(jnp.asarray(pad)))
     n = len(idx)
-    outs.append((np.stack(feats, 1)[:n] if feats else np.zeros((n, 0), np.int32),
-                 label[:n], map_cat[:n], map_label[:n]))
+    stack = lambda z: np.stack(z, 1)[:n] if z else np.zeros((n, 0), np.int32)
+    outs.append((stack(feats), stack(in_window), label[:n], map_cat[:n], map_label[:n]))
     now = time.perf_counter()
     if now - last_log > 15 and lo + n < len(rows):
       last_log = now
@@ -735,8 +747,9 @@ def prior_guess(ctx: AttackContext, kind: str | None, space: knowledge.Candidate
   """A Bayes prior alone (`prior_marginals`, `kind` as `_bayes_prior`'s) on
   the targets: (marginal MAP codes [N, F_cat], marginal medians [N, F_num]
   in normalised units (None without numerics), labels [N], its MAP
-  candidate's (codes [N, F_cat], labels)); off the targets, codes 0 and
-  the grids' first values. Blocks of records are sized to
+  candidate's (codes [N, F_cat], labels), the numerics' fullest half-unit
+  windows [N, F_num] (None without numerics)); off the targets, codes 0
+  and the grids' first values. Blocks of records are sized to
   attack.exact.max_chunk_mb."""
   rows = np.flatnonzero(ctx.targets)
   # Per record and candidate: the label's log prior, the joint and the
@@ -746,15 +759,16 @@ def prior_guess(ctx: AttackContext, kind: str | None, space: knowledge.Candidate
   hidden = space.size * ctx.config.attack.server_model.hidden * 4
   budget = ctx.config.attack.exact.max_chunk_mb * 2**20 - max(HIDDEN_BYTES, hidden)
   block = int(np.clip(budget // per_record, 1, 512))
-  marg, label, map_cat, map_label = prior_marginals(_bayes_prior(ctx, kind), space, rows,
-                                                    block)
+  marg, in_window, label, map_cat, map_label = prior_marginals(
+      _bayes_prior(ctx, kind), space, rows, block)
   f = space.num_categorical
-  outs = (marg, label, map_cat[:, :f], map_label)
+  outs = (marg, label, map_cat[:, :f], map_label, np.concatenate([marg[:, :f], in_window], 1))
   full = [np.zeros((ctx.num_records,) + a.shape[1:], np.int64) for a in outs]
   for a, b in zip(full, outs):
     a[rows] = b
   _, num = _split(space, full[0])
-  return full[0][:, :f], num, full[1], (full[2], full[3])
+  _, num_in_window = _split(space, full[4])
+  return full[0][:, :f], num, full[1], (full[2], full[3]), num_in_window
 
 
 def prior_accuracy(config, workdir: str) -> dict:
@@ -763,8 +777,9 @@ def prior_accuracy(config, workdir: str) -> dict:
   each private categorical's and the label's accuracy and the all-correct
   rate, written to prior_accuracy.json and .md in workdir. No training.
 
-  Private numerics are scored by MAE: each prior's marginal median on the
-  grid of attack.exact.numeric_grids.
+  Private numerics are scored on the grid of attack.exact.numeric_grids:
+  the MAE by each prior's marginal median, the rate within half a unit by
+  its fullest half-unit window.
 
   Raises:
     ConfigError: a private numeric without a grid, or a workdir that
@@ -790,10 +805,10 @@ def prior_accuracy(config, workdir: str) -> dict:
     if kind in ("chain", "label_given_private") and not config.attack.server_model.hidden:
       continue
     start = time.time()
-    cat, num, lab, joint = (ctx.prior_guesses.get(kind)
-                            or prior_guess(ctx, kind, ctx.space))
+    cat, num, lab, joint, num_in_window = (ctx.prior_guesses.get(kind)
+                                           or prior_guess(ctx, kind, ctx.space))
     out[f"bayes/{kind}"] = score(schema, dataset.train, None, ctx.targets, cat, num, lab,
-                                 joint=joint)
+                                 joint=joint, num_in_window=num_in_window)
     logging.info("prior %s: %.1f s", kind, time.time() - start)
   provenance = wd.provenance(configlib.config_hash(config))
   result = {"scores": out, "num_targets": int(ctx.targets.sum()), "command": wd.command_line(),

@@ -566,24 +566,27 @@ def seed_spread_markdown(sweep: dict, spread: list[dict], subset: int, half_widt
 
 def prior_accuracy_markdown(result: dict) -> str:
   """`prior_accuracy`'s table: a row per guess, a column per private
-  feature (a numeric's MAE in standard deviations), the label and the
-  all-correct rate."""
+  categorical, two per numeric (its MAE in standard deviations and its rate
+  within half a unit), the label and the all-correct rate."""
   scores = result["scores"]
   features = next(iter(scores.values()))["features"]
   names = list(features)
   numeric = {f for f in names if "mae_std" in features[f]}
-  head = ["guess", *[f"{f} (MAE, sd)" if f in numeric else f for f in names], "label",
+  head = ["guess", *[h for f in names for h in (
+      (f"{f} (MAE, sd)", f"{f} (within 1/2)") if f in numeric else (f,))], "label",
           "all correct"]
   lines = ([f"Command: `{result['command']}`", ""] if "command" in result else []) + [
       f"Accuracy on the {result['num_targets']} target records with no release "
       f"(config {result['config_hash']}, commit {result['git_commit']}; "
       f"{result['software']}). 'bayes/<prior>': each categorical's marginal MAP "
-      "and each numeric's marginal median under that attack.bayes.prior, all "
-      "correct (categoricals and the label) by its MAP candidate.", "",
+      "and each numeric's marginal median (MAE) and fullest half-unit window "
+      "(within 1/2: within half a unit of the truth) under that "
+      "attack.bayes.prior, all correct (categoricals and the label) by its MAP "
+      "candidate.", "",
       "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for guess, sc in scores.items():
-    cells = [f"{sc['features'][f]['mae_std' if f in numeric else 'accuracy']:.4f}"
-             for f in names]
+    cells = [f"{sc['features'][f][key]:.4f}" for f in names for key in (
+        ("mae_std", "accuracy_within_half_unit") if f in numeric else ("accuracy",))]
     cells += [f"{sc['label']['accuracy']:.4f}", f"{sc.get('all_correct', float('nan')):.4f}"]
     lines.append(f"| {guess} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"

@@ -84,7 +84,7 @@ def test_private_numerics_are_scored_by_each_priors_median(tmp_path):
   assert abs(mae("bayes/marginal") - mae("prior")) < 0.05, res
   assert mae("server_model") < mae("prior") - 0.1, res  # x_s tells about p_num_0
   page = (workdir / "prior_accuracy.md").read_text()
-  assert "| p_cat_0 | p_num_0 (MAE, sd) | label |" in page
+  assert "| p_cat_0 | p_num_0 (MAE, sd) | p_num_0 (within 1/2) | label |" in page
 
 
 def test_prior_guess_over_a_numeric_grid_keeps_the_factorised_answers():
@@ -112,13 +112,13 @@ def test_prior_guess_over_a_numeric_grid_keeps_the_factorised_answers():
   t, sm = ctx.targets, ctx.server_model
   assert ctx.space.size == ds.schema.private_categorical[0].vocab_size * 9
   agree = lambda a, b: float(np.mean(a[t] == b[t]))
-  cat, num, label, (map_cat, map_label) = evaluation.prior_guess(ctx, "server_model",
-                                                                 ctx.space)
+  cat, num, label, (map_cat, map_label), _ = evaluation.prior_guess(ctx, "server_model",
+                                                                    ctx.space)
   assert cat.shape == (ds.train.num_examples, 1) and not cat[~t].any()
   assert agree(cat[:, 0], sm.cat[:, 0]) >= 0.995
   assert agree(label, sm.label) >= 0.995
   assert agree(map_cat[:, 0], sm.cat[:, 0]) >= 0.995
-  cat, _, label, _ = evaluation.prior_guess(ctx, "label_given_private", ctx.space)
+  cat, _, label, _, _ = evaluation.prior_guess(ctx, "label_given_private", ctx.space)
   assert agree(cat[:, 0], sm.cat[:, 0]) >= 0.995
   rows = np.flatnonzero(t)
   prior = evaluation._bayes_prior(ctx)
@@ -137,6 +137,10 @@ def test_prior_guess_over_a_numeric_grid_keeps_the_factorised_answers():
   # of categoricals and only the label's (which reads the numeric) over the
   # whole space: it must give what the joint log prior the attack itself
   # uses (exact.log_prior_of, every candidate) gives, summed by brute force.
+  # The numeric's window pick is the grid value whose half-unit window
+  # (0.5 in the feature's own units: on this grid of step 0.5, the value and
+  # its neighbour on each side) holds the most mass, near-ties to the value
+  # with the most mass of its own.
   space, few = ctx.space, rows[:64]
   digits = space.digits(jnp.arange(space.size))
   d = np.asarray(digits)
@@ -149,10 +153,14 @@ def test_prior_guess_over_a_numeric_grid_keeps_the_factorised_answers():
     by_cat = np.stack([post[:, d[:, 0] == v].sum((1, 2)) for v in range(space.radices[0])], 1)
     by_num = np.stack([post[:, d[:, 1] == v].sum((1, 2)) for v in range(space.radices[1])], 1)
     flat = post.reshape(len(few), -1).argmax(-1)
+    raw = np.asarray(space.raw_grids[0])
+    held = by_num @ (np.abs(raw[:, None] - raw[None]) <= 0.5 + 1e-6)
+    window = np.where(held >= held.max(-1, keepdims=True) - 1e-6, by_num, -1).argmax(-1)
     want = (np.stack([by_cat.argmax(-1), (np.cumsum(by_num, -1) >= 0.5 - 1e-4).argmax(-1)], 1),
-            post.sum(1).argmax(-1), d[flat // 2, 0], flat % 2)
-    marg, lab, map_cat, map_label = evaluation.prior_marginals(prior, space, few, 16)
-    for a, b in ((marg, want[0]), (lab, want[1]), (map_cat[:, 0], want[2]),
-                 (map_label, want[3])):
+            window[:, None], post.sum(1).argmax(-1), d[flat // 2, 0], flat % 2)
+    marg, in_window, lab, map_cat, map_label = evaluation.prior_marginals(prior, space,
+                                                                          few, 16)
+    for a, b in ((marg, want[0]), (in_window, want[1]), (lab, want[2]),
+                 (map_cat[:, 0], want[3]), (map_label, want[4])):
       np.testing.assert_array_equal(a, b, err_msg=kind)
     assert len(np.unique(lab)) == 2  # the label's marginal is not one value for all
