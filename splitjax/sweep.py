@@ -513,7 +513,8 @@ def main(config, workdir: str):
 
 
 # message_energy's figures of what one release tells apart (exact.separation).
-_SEPARATION = ("ruled_out", "pattern_differs", "norm_over_c")
+_SEPARATION = ("ruled_out", "pattern_differs", "norm_over_c", "server_part",
+               "private_swing")
 
 
 def message_energy(config, workdir: str) -> list[dict]:
@@ -526,8 +527,11 @@ def message_energy(config, workdir: str) -> list[dict]:
   every record's x_p for it), each a mean over the released records: the
   share of wrong x_p candidates (with the sent label) that one release makes
   at most 1/e as likely as the truth; the share whose ReLU pattern in the
-  head's first layer differs from the truth's; and the true message's
-  unclipped norm over C. Those need a candidate space of at most
+  head's first layer differs from the truth's; the true message's unclipped
+  norm over C; and, per unit of that layer, the server's part of the
+  pre-activation |h W_h + b| beside the wrong candidates' swing
+  |(p' - p) W_p| (the pattern flips where the swing outweighs the part).
+  Those need a candidate space of at most
   exact.MAX_SEPARATION_CANDIDATES; larger ones get the energy alone.
 
   The noise's own spread leaves the estimate a standard error of
@@ -564,7 +568,7 @@ def message_energy(config, workdir: str) -> list[dict]:
   progress = Progress(sum(len(b.runs) for b in plan), config.train.num_epochs)
   progress.plan(progress.num_runs)
   signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]
-  apart = {}  # run key -> [per epoch (ruled out, pattern differs, norm / C) means]
+  apart = {}  # run key -> [per epoch means, in _SEPARATION's order]
   for i, b in enumerate(plan):
     # Trained as the sweep trains the batch (its knowledge, views captured).
     batch_spec = dataclasses.replace(spec, knowledge=b.knowledge, capture_view=True)
@@ -583,7 +587,8 @@ def message_energy(config, workdir: str) -> list[dict]:
                                  float(noise))
           apart.setdefault(r.key, []).append(
               (float(jnp.mean(sep.ruled_out)), float(jnp.mean(sep.pattern_differs)),
-               float(jnp.mean(sep.norm)) / math.sqrt(c2)))
+               float(jnp.mean(sep.norm)) / math.sqrt(c2), float(jnp.mean(sep.server_part)),
+               float(jnp.mean(sep.private_swing))))
     del views
     progress.update(f"batch {i + 1}/{len(plan)}: message energy read",
                     units=len(b.runs), runs=len(b.runs))
@@ -609,11 +614,14 @@ def message_energy(config, workdir: str) -> list[dict]:
            + (" Of the wrong x_p candidates (sent label): 'ruled out', the share one "
               "release makes at most 1/e as likely as the truth; 'pattern differs', "
               "the share whose first-layer ReLU pattern differs from the truth's. "
-              "'||g|| / C': the true message's norm before clipping." if separable
+              "'||g|| / C': the true message's norm before clipping. Per unit of the "
+              "head's first layer: 'server part', |h W_h + b|; 'x_p swing', a wrong "
+              "candidate's |(p' - p) W_p|." if separable
               else ""),
            "", "| setting | epoch | signal / C^2 | noise se |"
-           + (" ruled out | pattern differs | \\|\\|g\\|\\| / C |" if separable else ""),
-           "|---|---|---|---|" + ("---|" * 3 if separable else "")]
+           + (" ruled out | pattern differs | \\|\\|g\\|\\| / C | server part | x_p swing |"
+              if separable else ""),
+           "|---|---|---|---|" + ("---|" * len(_SEPARATION) if separable else "")]
   keys = [s.key for s in settings]
   for r in sorted(out, key=lambda r: (keys.index(r["setting"]), r["epoch"])):
     cell = report.mean_ci(r["signal_over_c2"], r["signal_over_c2_ci95"])

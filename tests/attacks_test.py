@@ -455,6 +455,21 @@ def test_separation_counts_the_wrong_candidates_a_release_sets_apart(run, clip_n
   sliver = got(0.0, 1e-6)
   np.testing.assert_array_equal(sliver.ruled_out, sliver.pattern_differs)
   assert 0.2 < sliver.pattern_differs.mean() < 1, sliver.pattern_differs.mean()
+  # The server's part of the first pre-activation and a wrong candidate's
+  # swing, per record from the model's own pieces (float tolerance).
+  p_all = space.encode(space.digits(jnp.arange(space.size)))
+  steps, batch = view.ids.shape
+  server, swing = [], []
+  for s in range(steps):
+    for b in range(batch):
+      params = jax.tree.map(lambda a: a[s, view.param_index[s, b]], view.device_params)
+      server.append(np.abs(models.head_record_pre(model, params, view.h[s, b])).mean())
+      pre = np.asarray(models.head_private_pre(model, params, p_all))      # [C, H]
+      i = s * batch + b
+      swing.append(np.abs(pre - pre[true_index[i]]).mean(-1)[wrong[i]].mean())
+  np.testing.assert_allclose(noiseless.server_part, server, rtol=1e-4)
+  np.testing.assert_allclose(noiseless.private_swing, swing, rtol=1e-4)
+  assert np.min(swing) > 0
   with pytest.raises(ValueError, match="at most 4096"):
     big = dataclasses.replace(space, radices=(100, 100))
     exact.separation(model, big, view, true_digits, jnp.asarray(y), 0.0, 0.0)

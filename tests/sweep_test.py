@@ -292,7 +292,9 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
     none = by["none", e]
     assert 1 < none["norm_over_c"] ** 2 <= none["signal_over_c2"] * (1 + 1e-4), none
   md = (tmp_path / "message_energy.md").read_text()
-  assert "| noise_sigma2 | 2 | " in md and "ruled out | pattern differs |" in md
+  assert "| noise_sigma2 | 2 | " in md
+  assert "ruled out | pattern differs | \\|\\|g\\|\\| / C | server part | x_p swing |" in md
+  assert all(r["server_part"] > 0 and r["private_swing"] > 0 for r in rows), rows
   with pytest.raises(ConfigError, match="holds"):
     sweep.message_energy(c, str(tmp_path))
 

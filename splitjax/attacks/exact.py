@@ -148,6 +148,8 @@ class Separation(NamedTuple):
   ruled_out: jax.Array       # share of wrong candidates one release rules out
   pattern_differs: jax.Array  # share whose first-layer ReLU pattern differs
   norm: jax.Array            # the true message's unclipped norm
+  server_part: jax.Array     # mean |h W_h + b| over the first layer's units
+  private_swing: jax.Array   # mean |(p' - p) W_p| over wrong candidates, units
 
 
 def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.Array,
@@ -165,6 +167,12 @@ def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.
     some unit of the head's first layer on or off: clipping keeps only a
     message's direction, and that changes only with this ReLU pattern.
   - `norm`: the true message's norm before clipping.
+  - `server_part`: the mean over the head's first-layer units of |h W_h + b|,
+    the record's server-side share of the pre-activation, and
+    `private_swing`: the mean over the wrong candidates and the units of
+    |(p' - p) W_p|, how far a wrong x_p moves it. A unit flips where the
+    swing crosses zero from the true pre-activation, so the pattern differs
+    more often as the swing grows against the server's part.
 
   The evaluator's diagnostic, not an attack: it reads every record's true
   x_p (`true_digits` [N, F], numerics at their nearest grid value) and sent
@@ -214,8 +222,10 @@ def _separation(model, space, view, true_digits, sent_labels, clip_norm, noise_s
       count = jnp.maximum(jnp.sum(wrong), 1)
       on = (rec_pre + true_pre) > 0
       flips = jnp.any((rec_pre + cand_pre > 0) != on, -1)
+      swing = jnp.mean(jnp.abs(cand_pre - true_pre), -1)         # [C]
       return (jnp.sum(wrong & (dist > floor)) / count, jnp.sum(wrong & flips) / count,
-              jnp.linalg.norm(raw))
+              jnp.linalg.norm(raw), jnp.mean(jnp.abs(rec_pre)),
+              jnp.sum(jnp.where(wrong, swing, 0.0)) / count)
 
     return jax.vmap(record)(h, ids, index)
 
