@@ -10,10 +10,14 @@ per setting and epoch, the mean over released records of
 the noise's expected d (sigma C)^2), with the noise's standard error beside
 it, and what one release tells apart: the share of wrong x_p candidates
 (with the sent label) that it makes at most 1/e as likely as the truth, the
-share whose first-layer ReLU pattern differs from the truth's, and the true
-message's norm before clipping (for candidate spaces of at most 4,096;
-splitjax/sweep.py: message_energy). A workdir that already holds a result
-is refused.
+share whose first-layer ReLU pattern differs from the truth's, the true
+message's norm before clipping, and per unit of the head's first layer the
+server's part of the pre-activation |h W_h + b| beside a wrong candidate's
+swing |(p' - p) W_p| (for candidate spaces of at most 4,096;
+splitjax/sweep.py: message_energy). Each batch's figures are kept in
+energy_batches/ as it finishes, so a killed run, rerun with the same config
+and workdir, trains only what is missing. A workdir that already holds a
+result, or another config's, is refused.
 """
 
 from splitjax import cli, sweep

@@ -534,6 +534,10 @@ def message_energy(config, workdir: str) -> list[dict]:
   Those need a candidate space of at most
   exact.MAX_SEPARATION_CANDIDATES; larger ones get the energy alone.
 
+  Each batch's figures are written to energy_batches/<batch>.json as it
+  finishes; a rerun of the same config in the same workdir reads those and
+  trains only the rest (another config's workdir is refused).
+
   The noise's own spread leaves the estimate a standard error of
   sqrt(2 d) sigma^2 / sqrt(N) per run (N released records), reported beside
   it: at Bank's size (d 64, N about 36,000) that is 0.004 at sigma 0.25 and
@@ -544,15 +548,19 @@ def message_energy(config, workdir: str) -> list[dict]:
   """
   configlib.check(config)
   wd.refuse_finished(workdir, "message_energy.json")
+  provenance = wd.provenance(configlib.config_hash(config))
+  _check_workdir(workdir, config, provenance)
   dataset = data.load(config.data)
   model = models.make_model(dataset.schema, config.model)
   spec = training.make_spec(config, model, dataset.train)
   settings = [s for s in grid(config) if s.defence != "server_only"]
   plan = batches(config, settings)  # sweep.max_group_size bounds the views held
   check_view_memory(config, spec, plan)
-  provenance = wd.provenance(configlib.config_hash(config))
-  wd.write_json(os.path.join(workdir, "config.json"),
-                {"config": config.to_dict(), **provenance})
+  held_path = lambda b: os.path.join(workdir, "energy_batches", b.id + ".json")
+  held = {b.id: _read_batch(held_path(b), b) for b in plan if os.path.exists(held_path(b))}
+  if not os.path.exists(os.path.join(workdir, "config.json")):
+    wd.write_json(os.path.join(workdir, "config.json"),
+                  {"config": config.to_dict(), **provenance})
   c2, d = config.defence.clip_norm ** 2, spec.model.server.cut_dim
   space = knowledge.candidate_space(dataset.schema,
                                     tuple(config.attack.exact.numeric_grids))
@@ -560,16 +568,30 @@ def message_energy(config, workdir: str) -> list[dict]:
   if not separable:
     logging.warning("message_energy: %d candidates, over %d: energy alone",
                     space.size, exact.MAX_SEPARATION_CANDIDATES)
+  width = len(_SEPARATION) if separable else 0
+  for b in plan:  # a held batch must carry what this version computes
+    if b.id in held and any(
+        len(r.get("signal_over_c2", ())) != config.train.num_epochs
+        or len(r.get("separation", ())) != (config.train.num_epochs if width else 0)
+        or any(len(e) != width for e in r.get("separation", ()))
+        for r in held[b.id]["runs"]):
+      raise ConfigError(f"--workdir: {held_path(b)} holds other figures than this "
+                        "version computes; delete it to recompute that batch")
   x_p_num = np.asarray(dataset.train.x_p_num)
   true_digits = np.concatenate(
       [np.asarray(dataset.train.x_p_cat)]
       + [baselines.grid_index(x_p_num[:, k], g)[:, None] for k, g in enumerate(space.grids)],
       1).astype(np.int32)
   progress = Progress(sum(len(b.runs) for b in plan), config.train.num_epochs)
-  progress.plan(progress.num_runs)
+  progress.runs_done = sum(len(b.runs) for b in plan if b.id in held)
+  progress.plan(progress.num_runs - progress.runs_done)
+  if held:
+    logging.info("resuming: %d of %d batches already finished", len(held), len(plan))
   signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]
   apart = {}  # run key -> [per epoch means, in _SEPARATION's order]
   for i, b in enumerate(plan):
+    if b.id in held:
+      continue
     # Trained as the sweep trains the batch (its knowledge, views captured).
     batch_spec = dataclasses.replace(spec, knowledge=b.knowledge, capture_view=True)
     state, _, views = _train_batch(config, dataset, batch_spec, list(b.runs), progress,
@@ -590,8 +612,19 @@ def message_energy(config, workdir: str) -> list[dict]:
                float(jnp.mean(sep.norm)) / math.sqrt(c2), float(jnp.mean(sep.server_part)),
                float(jnp.mean(sep.private_swing))))
     del views
+    held[b.id] = {"batch": b.id, "released": int(released), "runs": [
+        {"run": r.key, "signal_over_c2": signal[r.key], "separation": apart.get(r.key, [])}
+        for r in b.runs], **provenance}
+    wd.write_json(held_path(b), held[b.id])
     progress.update(f"batch {i + 1}/{len(plan)}: message energy read",
                     units=len(b.runs), runs=len(b.runs))
+  for b in plan:
+    for r in held[b.id]["runs"]:
+      signal[r["run"]], apart[r["run"]] = r["signal_over_c2"], r["separation"]
+  released = held[plan[0].id]["released"]  # records per epoch, the same in every batch
+  # A resumed run names every commit its batches ran on.
+  provenance = dict(provenance, git_commit="+".join(
+      dict.fromkeys(held[b.id]["git_commit"] for b in plan)))
   out = []
   for e in range(config.train.num_epochs):
     for s in settings:

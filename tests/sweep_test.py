@@ -297,6 +297,38 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
   assert all(r["server_part"] > 0 and r["private_swing"] > 0 for r in rows), rows
   with pytest.raises(ConfigError, match="holds"):
     sweep.message_energy(c, str(tmp_path))
+  # Resume: each batch's figures were kept as it finished. With the result
+  # gone, one batch file deleted and another's first figure altered, a rerun
+  # trains only the deleted batch, reads the altered figure back, and
+  # otherwise gives the same rows.
+  held = sorted((tmp_path / "energy_batches").glob("*.json"))
+  assert len(held) == 2, held
+  for name in ("message_energy.json", "message_energy.md"):
+    (tmp_path / name).unlink()
+  held[1].unlink()
+  kept = json.loads(held[0].read_text())
+  key = kept["runs"][0]["run"]
+  kept["runs"][0]["signal_over_c2"][0] = 123.0
+  held[0].write_text(json.dumps(kept))
+  again = sweep.message_energy(c, str(tmp_path))
+  assert held[1].exists()
+  setting = next(s for s in sweep.grid(c) if sweep.Run(s, 0).key == key).key
+  for old, new in zip(rows, again):
+    if (old["setting"], old["epoch"]) == (setting, 1):
+      assert new["signal_over_c2"] == 123.0
+    else:
+      assert new == old, (old, new)
+  # A held batch with other figures, and another config's workdir, are
+  # refused before any training.
+  (tmp_path / "message_energy.json").unlink()
+  kept["runs"][0]["separation"] = [[0.5]] * 2
+  held[0].write_text(json.dumps(kept))
+  with pytest.raises(ConfigError, match="holds other figures than this version computes"):
+    sweep.message_energy(c, str(tmp_path))
+  other = _grid_config(sweep__noise_multipliers=(1e-3,), sweep__label_epsilons=(),
+                       sweep__seeds=(0,), sweep__max_group_size=2)
+  with pytest.raises(ConfigError, match="different config"):
+    sweep.message_energy(other, str(tmp_path))
 
 
 def test_sweep_config_errors(tmp_path):
