@@ -658,6 +658,13 @@ def _split(space, digits):
 HIDDEN_BYTES = 8 << 20
 
 
+def _prior_hidden(log_prior) -> int:
+  """The widest hidden layer among a Bayes prior's conditional tables (1
+  without one)."""
+  return max((t.record_pre.shape[-1] for t in (*log_prior[0], log_prior[1])
+              if isinstance(t, knowledge.ConditionalPrior)), default=1)
+
+
 def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray,
                     block: int = 512):
   """A Bayes prior alone, with no release: for the records `rows`, each
@@ -689,9 +696,7 @@ def prior_marginals(log_prior, space: knowledge.CandidateSpace, rows: np.ndarray
   splits = np.cumsum(space.radices[:nc])[:-1]
   windows = [jnp.asarray(w) for w in exact.half_unit_windows(space)]
 
-  tables = [t for t in (*log_prior[0], log_prior[1])
-            if isinstance(t, knowledge.ConditionalPrior)]
-  hidden = max((t.record_pre.shape[-1] for t in tables), default=1)
+  hidden = _prior_hidden(log_prior)
 
   def batch(candidates):
     # Records per step of a classifier's lax.map: an [records, C, H] hidden
@@ -755,12 +760,13 @@ def prior_guess(ctx: AttackContext, kind: str | None, space: knowledge.Candidate
   # Per record and candidate: the label's log prior, the joint and the
   # posterior (3 K); beside them, a classifier's hidden layer over
   # HIDDEN_BYTES' worth of records, or over one record if that is larger.
+  log_prior = _bayes_prior(ctx, kind)
   per_record = space.size * (3 * space.num_labels + 1) * 4
-  hidden = space.size * ctx.config.attack.server_model.hidden * 4
+  hidden = space.size * _prior_hidden(log_prior) * 4
   budget = ctx.config.attack.exact.max_chunk_mb * 2**20 - max(HIDDEN_BYTES, hidden)
   block = int(np.clip(budget // per_record, 1, 512))
-  marg, in_window, label, map_cat, map_label = prior_marginals(
-      _bayes_prior(ctx, kind), space, rows, block)
+  marg, in_window, label, map_cat, map_label = prior_marginals(log_prior, space, rows,
+                                                                block)
   f = space.num_categorical
   outs = (marg, label, map_cat[:, :f], map_label, np.concatenate([marg[:, :f], in_window], 1))
   full = [np.zeros((ctx.num_records,) + a.shape[1:], np.int64) for a in outs]

@@ -597,7 +597,8 @@ def message_energy(config, workdir: str) -> list[dict]:
     state, _, views = _train_batch(config, dataset, batch_spec, list(b.runs), progress,
                                    f"batch {i + 1}/{len(plan)} ({b.knowledge})")
     released = views[0].ids[0].size
-    for view in views:
+    start = time.perf_counter()
+    for e, view in enumerate(views):
       energy = np.asarray(jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)))
       for j, r in enumerate(b.runs):
         mech = mechanism(config, r.setting)
@@ -611,6 +612,11 @@ def message_energy(config, workdir: str) -> list[dict]:
               (float(jnp.mean(sep.ruled_out)), float(jnp.mean(sep.pattern_differs)),
                float(jnp.mean(sep.norm)) / math.sqrt(c2), float(jnp.mean(sep.server_part)),
                float(jnp.mean(sep.private_swing))))
+      if separable:  # minutes on MovieLens: say how far it is
+        now = time.perf_counter() - start
+        logging.info("batch %d/%d: what one release tells apart, epoch %d/%d done, "
+                     "%.0f s, ETA %.0f s", i + 1, len(plan), e + 1, len(views), now,
+                     now / (e + 1) * (len(views) - e - 1))
     del views
     held[b.id] = {"batch": b.id, "released": int(released), "runs": [
         {"run": r.key, "signal_over_c2": signal[r.key], "separation": apart.get(r.key, [])}
