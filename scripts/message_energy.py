@@ -13,7 +13,8 @@ it, and what one release tells apart: the share of wrong x_p candidates
 share whose first-layer ReLU pattern differs from the truth's, the true
 message's norm before clipping, and per unit of the head's first layer the
 server's part of the pre-activation |h W_h + b| beside a wrong candidate's
-swing |(p' - p) W_p| (for candidate spaces of at most 4,096;
+swing |(p' - p) W_p|, with the part's factors ||h|| and ||W_h||_F (for
+candidate spaces of at most 4,096;
 splitjax/sweep.py: message_energy). Each batch's figures are kept in
 energy_batches/ as it finishes, so a killed run, rerun with the same config
 and workdir, trains only what is missing. A workdir that already holds a

@@ -514,7 +514,7 @@ def main(config, workdir: str):
 
 # message_energy's figures of what one release tells apart (exact.separation).
 _SEPARATION = ("ruled_out", "pattern_differs", "norm_over_c", "server_part",
-               "private_swing")
+               "private_swing", "h_norm", "w_h_norm")
 
 
 def message_energy(config, workdir: str) -> list[dict]:
@@ -530,7 +530,8 @@ def message_energy(config, workdir: str) -> list[dict]:
   head's first layer differs from the truth's; the true message's unclipped
   norm over C; and, per unit of that layer, the server's part of the
   pre-activation |h W_h + b| beside the wrong candidates' swing
-  |(p' - p) W_p| (the pattern flips where the swing outweighs the part).
+  |(p' - p) W_p| (the pattern flips where the swing outweighs the part),
+  with the part's two factors, ||h|| and the Frobenius norm of W_h.
   Those need a candidate space of at most
   exact.MAX_SEPARATION_CANDIDATES; larger ones get the energy alone.
 
@@ -611,7 +612,8 @@ def message_energy(config, workdir: str) -> list[dict]:
           apart.setdefault(r.key, []).append(
               (float(jnp.mean(sep.ruled_out)), float(jnp.mean(sep.pattern_differs)),
                float(jnp.mean(sep.norm)) / math.sqrt(c2), float(jnp.mean(sep.server_part)),
-               float(jnp.mean(sep.private_swing))))
+               float(jnp.mean(sep.private_swing)), float(jnp.mean(sep.h_norm)),
+               float(jnp.mean(sep.w_h_norm))))
       if separable:  # minutes on MovieLens: say how far it is
         now = time.perf_counter() - start
         logging.info("batch %d/%d: what one release tells apart, epoch %d/%d done, "
@@ -655,11 +657,12 @@ def message_energy(config, workdir: str) -> list[dict]:
               "the share whose first-layer ReLU pattern differs from the truth's. "
               "'||g|| / C': the true message's norm before clipping. Per unit of the "
               "head's first layer: 'server part', |h W_h + b|; 'x_p swing', a wrong "
-              "candidate's |(p' - p) W_p|." if separable
+              "candidate's |(p' - p) W_p|; and the server part's factors ||h|| and "
+              "||W_h||_F." if separable
               else ""),
            "", "| setting | epoch | signal / C^2 | noise se |"
            + (" ruled out | pattern differs | \\|\\|g\\|\\| / C | server part | x_p swing |"
-              if separable else ""),
+              " \\|\\|h\\|\\| | \\|\\|W_h\\|\\|_F |" if separable else ""),
            "|---|---|---|---|" + ("---|" * len(_SEPARATION) if separable else "")]
   keys = [s.key for s in settings]
   for r in sorted(out, key=lambda r: (keys.index(r["setting"]), r["epoch"])):

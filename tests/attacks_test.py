@@ -459,16 +459,20 @@ def test_separation_counts_the_wrong_candidates_a_release_sets_apart(run, clip_n
   # swing, per record from the model's own pieces (float tolerance).
   p_all = space.encode(space.digits(jnp.arange(space.size)))
   steps, batch = view.ids.shape
-  server, swing = [], []
+  server, swing, w_h = [], [], []
   for s in range(steps):
     for b in range(batch):
       params = jax.tree.map(lambda a: a[s, view.param_index[s, b]], view.device_params)
       server.append(np.abs(models.head_record_pre(model, params, view.h[s, b])).mean())
+      w_h.append(np.linalg.norm(models.head_w_h(model, params)))
       pre = np.asarray(models.head_private_pre(model, params, p_all))      # [C, H]
       i = s * batch + b
       swing.append(np.abs(pre - pre[true_index[i]]).mean(-1)[wrong[i]].mean())
   np.testing.assert_allclose(noiseless.server_part, server, rtol=1e-4)
   np.testing.assert_allclose(noiseless.private_swing, swing, rtol=1e-4)
+  np.testing.assert_allclose(noiseless.h_norm,
+                             np.linalg.norm(np.asarray(view.h), axis=-1).ravel(), rtol=1e-5)
+  np.testing.assert_allclose(noiseless.w_h_norm, w_h, rtol=1e-5)
   assert np.min(swing) > 0
   with pytest.raises(ValueError, match="at most 4096"):
     big = dataclasses.replace(space, radices=(100, 100))

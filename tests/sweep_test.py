@@ -293,8 +293,10 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
     assert 1 < none["norm_over_c"] ** 2 <= none["signal_over_c2"] * (1 + 1e-4), none
   md = (tmp_path / "message_energy.md").read_text()
   assert "| noise_sigma2 | 2 | " in md
-  assert "ruled out | pattern differs | \\|\\|g\\|\\| / C | server part | x_p swing |" in md
-  assert all(r["server_part"] > 0 and r["private_swing"] > 0 for r in rows), rows
+  assert ("ruled out | pattern differs | \\|\\|g\\|\\| / C | server part | x_p swing | "
+          "\\|\\|h\\|\\| | \\|\\|W_h\\|\\|_F |") in md
+  assert all(r[k] > 0 for r in rows
+             for k in ("server_part", "private_swing", "h_norm", "w_h_norm")), rows
   with pytest.raises(ConfigError, match="holds"):
     sweep.message_energy(c, str(tmp_path))
   # Resume: each batch's figures were kept as it finished. With the result

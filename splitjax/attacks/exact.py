@@ -150,6 +150,8 @@ class Separation(NamedTuple):
   norm: jax.Array            # the true message's unclipped norm
   server_part: jax.Array     # mean |h W_h + b| over the first layer's units
   private_swing: jax.Array   # mean |(p' - p) W_p| over wrong candidates, units
+  h_norm: jax.Array          # ||h||, the server's cut-layer output
+  w_h_norm: jax.Array        # ||W_h||_F, the head's first-layer weights on h
 
 
 def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.Array,
@@ -172,7 +174,9 @@ def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.
     `private_swing`: the mean over the wrong candidates and the units of
     |(p' - p) W_p|, how far a wrong x_p moves it. A unit flips where the
     swing crosses zero from the true pre-activation, so the pattern differs
-    more often as the swing grows against the server's part.
+    more often as the swing grows against the server's part. That part's two
+    factors: `h_norm`, ||h||, what the server's tower sends, and `w_h_norm`,
+    the Frobenius norm of W_h, the device head's weights on it.
 
   The evaluator's diagnostic, not an attack: it reads every record's true
   x_p (`true_digits` [N, F], numerics at their nearest grid value) and sent
@@ -225,7 +229,8 @@ def _separation(model, space, view, true_digits, sent_labels, clip_norm, noise_s
       swing = jnp.mean(jnp.abs(cand_pre - true_pre), -1)         # [C]
       return (jnp.sum(wrong & (dist > floor)) / count, jnp.sum(wrong & flips) / count,
               jnp.linalg.norm(raw), jnp.mean(jnp.abs(rec_pre)),
-              jnp.sum(jnp.where(wrong, swing, 0.0)) / count)
+              jnp.sum(jnp.where(wrong, swing, 0.0)) / count, jnp.linalg.norm(h_i),
+              jnp.linalg.norm(w_h))
 
     return jax.vmap(record)(h, ids, index)
 
