@@ -199,7 +199,27 @@ def _eps(x) -> str:
   return "∞" if math.isinf(x) else f"{x:.3g}"
 
 
-def to_markdown(rows: list[dict], schema, config, provenance: dict) -> str:
+# A run whose final test accuracy falls more than this below always
+# guessing the test split's most frequent class learned less than a constant
+# (one Adult seed at sigma 0.5 with epsilon_label 1 ended at 0.24 against
+# 0.76): the tables name it.
+MAJORITY_MARGIN = 0.05
+
+
+def below_majority(rows: list[dict], majority: float) -> list[str]:
+  """'<setting> seed <s> (test accuracy <a>)' for each run whose final test
+  accuracy is over MAJORITY_MARGIN below `majority`, the test split's most
+  frequent class's share: a model worse than that constant guess (heavy
+  noise on a small model, or a collapsed training run)."""
+  return [f"{r['setting']} seed {seed} (test accuracy {acc:.4f})" for r in rows
+          for seed, acc in zip(r["seeds"].split(), r["per_seed"]["test_accuracy"])
+          if acc < majority - MAJORITY_MARGIN]
+
+
+def to_markdown(rows: list[dict], schema, config, provenance: dict,
+                majority: float | None = None) -> str:
+  """The sweep's Markdown tables; with `majority` (the test split's most
+  frequent class's share), a line naming the runs below it, if any."""
   names = tuple(config.attack.names)
   lines = [f"# {config.data.name}: privacy-utility sweep", "",
            f"config {provenance['config_hash']}, commit {provenance['git_commit']}, "
@@ -218,6 +238,11 @@ def to_markdown(rows: list[dict], schema, config, provenance: dict) -> str:
         f"| {_eps(r['epsilon_total'])} | {_cell(r, 'test_auc', 4)} "
         f"| {_cell(r, 'test_accuracy', 4)} | {_cell(r, 'auc_gain', 4)} "
         f"| {r['audit_violations']} |")
+  below = below_majority(rows, majority) if majority is not None else []
+  if below:
+    lines += ["", f"Below always guessing the most frequent class ({majority:.4f}) "
+              f"by over {MAJORITY_MARGIN:g} in test accuracy: {'; '.join(below)}. "
+              "Their figures count in the means."]
   for t in targets(schema):
     cols = [a for a in names if any(f"{a}/{t}" in r or f"{a}/{t}/mae_std" in r
                                     for r in rows)]
@@ -385,18 +410,23 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
 
 
 def write(folder: str, config, schema, settings, records: list[dict],
-          provenance: dict) -> list[dict]:
-  """Aggregates and writes the tables (and plots); returns the rows."""
+          provenance: dict, majority: float | None = None) -> list[dict]:
+  """Aggregates and writes the tables (and plots); returns the rows.
+  majority: the test split's most frequent class's share, which names the
+  runs that did worse (`below_majority`)."""
   rows = aggregate(config, schema, settings, records, provenance)
   if config.sweep.plots:
     plot(folder, rows, records, schema, config)
   wd.write_text(os.path.join(folder, TABLE + ".md"),
-                to_markdown(rows, schema, config, provenance))
+                to_markdown(rows, schema, config, provenance, majority))
+  extra = {} if majority is None else {
+      "test_majority_accuracy": majority,
+      "below_majority": below_majority(rows, majority)}
   wd.write_json(os.path.join(folder, TABLE + ".json"),
                 _jsonable({"rows": rows, "config_hash": provenance["config_hash"],
                            "git_commit": provenance["git_commit"],
                            "software": provenance["software"],
-                           "seeds": list(config.sweep.seeds)}))
+                           "seeds": list(config.sweep.seeds), **extra}))
   # The CSV last: its presence marks a finished sweep.
   wd.write_text(os.path.join(folder, TABLE + ".csv"), to_csv(rows))
   return rows

@@ -286,6 +286,13 @@ def _trainer(spec: training.TrainSpec) -> training.Trainer:
   return training.Trainer(spec)
 
 
+def majority_share(dataset) -> float:
+  """The test accuracy of always guessing the test split's most frequent
+  class."""
+  y = np.asarray(dataset.test.y)
+  return float(np.bincount(y).max() / len(y))
+
+
 def _train_batch(config, dataset, spec, runs: list[Run], progress: Progress,
                  prefix: str):
   rows = [dict(seed=r.seed, **{k: v for k, v in mechanism(config, r.setting).items()
@@ -294,6 +301,7 @@ def _train_batch(config, dataset, spec, runs: list[Run], progress: Progress,
           for r in runs]
   trainer = _trainer(spec)
   n = len(rows)
+  majority = majority_share(dataset)
 
   def on_epoch(epoch, metrics, seconds):
     auc = [m["test_auc"] for m in metrics]
@@ -301,6 +309,12 @@ def _train_batch(config, dataset, spec, runs: list[Run], progress: Progress,
         f"{prefix} epoch {epoch + 1}/{config.train.num_epochs}: {n} runs, test AUC "
         f"{min(auc):.4f}-{max(auc):.4f}, {spec.examples_per_epoch * n / seconds:,.0f} "
         f"examples/s{' (incl. compile)' if epoch == 0 else ''}", units=n)
+    if epoch + 1 == config.train.num_epochs:
+      for r, m in zip(runs, metrics):
+        if m["test_accuracy"] < majority - report.MAJORITY_MARGIN:
+          logging.warning("%s: run %s ended with test accuracy %.4f, below %.4f for "
+                          "always guessing the most frequent class", prefix, r.key,
+                          float(m["test_accuracy"]), majority)
 
   return training.train(trainer, jax.device_put(dataset.train),
                         jax.device_put(dataset.test), training.make_settings(rows),
@@ -436,9 +450,10 @@ def run(config, workdir: str) -> list[dict]:
     all_records += held["runs"]
     commits.append(held["git_commit"])
     software.append(held.get("software", "unrecorded"))  # Older batch files.
+  majority = majority_share(dataset)
   rows = report.write(workdir, config, dataset.schema, settings, all_records,
                       dict(provenance, git_commit="+".join(dict.fromkeys(commits)),
-                           software=" + ".join(dict.fromkeys(software))))
+                           software=" + ".join(dict.fromkeys(software))), majority)
   logging.info("sweep done in %.1f s; wrote %s", time.perf_counter() - start, table)
   with open(os.path.join(workdir, report.TABLE + ".md")) as f:
     print(f.read())

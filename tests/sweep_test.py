@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, config_file, small_config
-from splitjax import configlib, report, sweep, workdir as wd
+from splitjax import configlib, data, report, sweep, workdir as wd
 from splitjax.errors import ConfigError
 
 # configs/synthetic.py:smoke with a small grid: server-only, none, one sigma,
@@ -168,6 +168,34 @@ def test_vmapped_and_one_by_one_settings_give_the_same_numbers(tmp_path):
   assert undefended["exact/p_cat_0"] == 1.0 and undefended["exact/label"] == 1.0
   assert math.isinf(undefended["epsilon_total"])
   assert together[2]["epsilon_pld"] > together[3]["epsilon_pld"]
+  # A run whose test accuracy sits more than 0.05 below always guessing the
+  # test split's most frequent class (its share in the JSON) is named under
+  # the first table. This tiny model's seed 1 is near that share even
+  # undefended (measured 0.575), and its noisiest runs fall below it.
+  c = _grid_config()
+  ds = data.load(c.data)
+  y = np.asarray(ds.test.y)
+  held = json.loads((tmp_path / "together" / "privacy_utility.json").read_text())
+  share = held["test_majority_accuracy"]
+  assert share == np.bincount(y).max() / len(y)
+  page = (tmp_path / "together" / "privacy_utility.md").read_text()
+  assert held["below_majority"] == report.below_majority(together, share)
+  for name in held["below_majority"]:
+    setting, seed = name.split()[0], int(name.split()[2])
+    row = next(r for r in together if r["setting"] == setting)
+    assert row["per_seed"]["test_accuracy"][row["seeds"].split().index(str(seed))] < share - 0.05
+    assert name in page
+  # Known answers: 0.051 below is named, 0.049 below is not.
+  rows = [dict(r, per_seed=dict(r["per_seed"], test_accuracy=[share, share]))
+          for r in together]
+  rows[2]["per_seed"]["test_accuracy"] = [share - 0.051, share - 0.049]
+  assert report.below_majority(rows, share) == [
+      f"noise_sigma0.5 seed 0 (test accuracy {share - 0.051:.4f})"]
+  md = report.to_markdown(rows, ds.schema, c, held, share)
+  assert (f"in test accuracy: noise_sigma0.5 seed 0 (test accuracy {share - 0.051:.4f}). "
+          in md)
+  rows[2]["per_seed"]["test_accuracy"] = [share, share]
+  assert "Below always guessing" not in report.to_markdown(rows, ds.schema, c, held, share)
 
 
 def test_fsl_sweep_over_knowledge_settings_with_a_target_epsilon(tmp_path):
