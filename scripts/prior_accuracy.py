@@ -8,7 +8,8 @@ every attack.bayes.prior but 'uniform', beside the 'prior' and
 config.json) to --workdir and prints the table: per private categorical,
 the label and the all-correct rate, on the attack's target records, and per
 private numeric the MAE of each prior's median on its
-attack.exact.numeric_grids grid. A workdir that already holds a result is
+attack.exact.numeric_grids grid and the rate within half a unit of its
+fullest half-unit window. A workdir that already holds a result is
 refused.
 """
 
