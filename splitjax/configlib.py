@@ -23,6 +23,9 @@ ATTACKS = ("prior", "server_model", "exact", "bayes_exact", "gradmatch",
            "label_norm", "label_direction")
 BAYES_PRIORS = ("chain", "label_given_private", "server_model", "marginal", "uniform")
 PRIVATE_ENCODINGS = ("one_hot", "embed")
+# Each tower's optimiser (training.TrainSpec): Adam, or plain SGD, whose
+# step scales with the gradient (Adam's does not).
+OPTIMIZERS = ("adam", "sgd")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -62,6 +65,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.batch_size = 256
   c.train.server_learning_rate = 1e-3
   c.train.device_learning_rate = 1e-3
+  c.train.server_optimizer = "adam"  # OPTIMIZERS
+  c.train.device_optimizer = "adam"
   c.train.eval_batch_size = 8192  # test rows per chunk, summed over the settings vmapped together
   c.train.server_only_baseline = True
 
@@ -220,6 +225,9 @@ def check(config: ml_collections.ConfigDict) -> None:
   for name in ("server_learning_rate", "device_learning_rate"):
     _need(getattr(t, name) > 0, f"train.{name}",
           f"must be positive, got {getattr(t, name)}")
+  for name in ("server_optimizer", "device_optimizer"):
+    _need(getattr(t, name) in OPTIMIZERS, f"train.{name}",
+          f"unknown {getattr(t, name)!r}; known: {list(OPTIMIZERS)}")
   for name in ("num_clients", "local_steps", "client_batch_size"):
     _need(getattr(f, name) > 0, f"fsl.{name}",
           f"must be positive, got {getattr(f, name)}")
@@ -309,7 +317,8 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 # Fields added after results were committed: at these values they change
 # nothing, and the hash leaves them out, so that those results keep theirs.
-_ADDED = {"sweep": {"noise_with_label_epsilons": ()}}
+_ADDED = {"sweep": {"noise_with_label_epsilons": ()},
+          "train": {"server_optimizer": "adam", "device_optimizer": "adam"}}
 
 
 def _hashed(tree: dict) -> dict:
@@ -318,7 +327,9 @@ def _hashed(tree: dict) -> dict:
     if isinstance(value, dict):
       value = _hashed(value)
       for field, neutral in _ADDED.get(key, {}).items():
-        if field in value and tuple(value[field]) == neutral:
+        held = value.get(field)
+        if field in value and (tuple(held) if isinstance(held, (list, tuple))
+                               else held) == neutral:
           del value[field]
     out[key] = value
   return out

@@ -78,6 +78,12 @@ def seed_keys(seed: jax.Array) -> _Keys:
   return _Keys(*jax.random.split(jax.random.key(seed), 5))
 
 
+def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+  """'adam' or 'sgd' (plain: its step scales with the gradient, where Adam's
+  is about the learning rate whatever the gradient's size)."""
+  return {"adam": optax.adam, "sgd": optax.sgd}[name](learning_rate)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainSpec:
   """Everything static: model, shapes, optimisers, mode, view capture."""
@@ -88,6 +94,8 @@ class TrainSpec:
   batch_size: int = 256
   server_learning_rate: float = 1e-3
   device_learning_rate: float = 1e-3
+  server_optimizer: str = "adam"  # configlib.OPTIMIZERS
+  device_optimizer: str = "adam"
   num_clients: int = 1
   local_steps: int = 1
   client_batch_size: int = 32
@@ -97,11 +105,11 @@ class TrainSpec:
 
   @property
   def server_opt(self) -> optax.GradientTransformation:
-    return optax.adam(self.server_learning_rate)
+    return _optimizer(self.server_optimizer, self.server_learning_rate)
 
   @property
   def device_opt(self) -> optax.GradientTransformation:
-    return optax.adam(self.device_learning_rate)
+    return _optimizer(self.device_optimizer, self.device_learning_rate)
 
   @property
   def records_per_client(self) -> int:
@@ -145,6 +153,8 @@ def make_spec(config, model: SplitModel, train: Arrays) -> TrainSpec:
       batch_size=config.train.batch_size,
       server_learning_rate=config.train.server_learning_rate,
       device_learning_rate=config.train.device_learning_rate,
+      server_optimizer=config.train.server_optimizer,
+      device_optimizer=config.train.device_optimizer,
       num_clients=config.fsl.num_clients if config.train.mode == "fsl" else 1,
       local_steps=config.fsl.local_steps,
       client_batch_size=config.fsl.client_batch_size,

@@ -153,6 +153,9 @@ CASES = {
     "target_epsilon_without_noise": (
         lambda t: small_config(defence__target_epsilon=1.0),
         ConfigError, r"defence.target_epsilon: needs defence.clip=True"),
+    "optimizer_unknown": (
+        lambda t: small_config(train__server_optimizer="adamw"),
+        ConfigError, r"train.server_optimizer: unknown 'adamw'; known: \['adam', 'sgd'\]"),
     "exact_metric_unknown": (  # Found only after training until 2026-12-04.
         lambda t: small_config(attack__exact__metric="cos"),
         ConfigError, r"attack.exact.metric: unknown 'cos'; known: \['l2', 'cosine'\]"),

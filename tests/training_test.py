@@ -91,6 +91,21 @@ def test_view_capture_records_messages_as_sent():
   assert jax.tree.leaves(v.device_params)[0].shape[:3] == (1, steps, 1)
 
 
+def test_each_tower_takes_its_configured_optimizer():
+  # Known first steps on a gradient g: plain SGD moves by -lr g; Adam's
+  # first step is about -lr sign(g) whatever g's size (its moments are g and
+  # g^2, bias-corrected), which is what lets noise walk a tower at full step.
+  c = small_config(train__server_optimizer="sgd", train__server_learning_rate=0.1,
+                   train__device_learning_rate=0.01)
+  ds = data.load(c.data)
+  spec = training.make_spec(c, models.make_model(ds.schema, c.model), ds.train)
+  assert (spec.server_optimizer, spec.device_optimizer) == ("sgd", "adam")
+  g = jnp.array([2.0, -1e-3, 0.5])
+  step = lambda opt: opt.update(g, opt.init(jnp.zeros(3)))[0]
+  np.testing.assert_allclose(step(spec.server_opt), -0.1 * g, rtol=1e-6)
+  np.testing.assert_allclose(step(spec.device_opt), -0.01 * jnp.sign(g), rtol=1e-4)
+
+
 def test_binary_auc_matches_pairwise_definition():
   rng = np.random.default_rng(0)
   s = rng.integers(0, 5, 300).astype(np.float32)  # many ties
