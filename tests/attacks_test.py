@@ -416,8 +416,16 @@ def _naive_scores(model, space, view, clip_norm):
       params, view.h, view.messages))
 
 
+@pytest.mark.parametrize("written_out", [True, False])
 @pytest.mark.parametrize("clip_norm", [0.0, 0.05])
-def test_separation_counts_the_wrong_candidates_a_release_sets_apart(run, clip_norm):
+def test_separation_counts_the_wrong_candidates_a_release_sets_apart(run, clip_norm,
+                                                                     written_out,
+                                                                     monkeypatch):
+  # Both paths: the fixture's head (one ReLU layer, one logit) takes the
+  # written-out messages unless one_layer_binary is patched off, which
+  # leaves the generic Jacobian per candidate.
+  if not written_out:
+    monkeypatch.setattr(exact, "one_layer_binary", lambda model: False)
   # The fixture's messages are noiseless and from the true labels, so the
   # naive distances of every candidate to the (clipped) observed message are
   # those to the true candidate's: at a noise scale sigma, a wrong candidate

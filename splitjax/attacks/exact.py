@@ -188,15 +188,46 @@ def separation(model, space: CandidateSpace, view: ServerView, true_digits: jax.
   if space.size > MAX_SEPARATION_CANDIDATES:
     raise ValueError(f"separation: {space.size} candidates; at most "
                      f"{MAX_SEPARATION_CANDIDATES} (categoricals only, or coarse grids)")
+  shared = jax.tree.leaves(view.device_params)[0].shape[1] == 1  # SL, stale FSL
   return _separation(model, space, view, jnp.asarray(true_digits),
                      jnp.asarray(sent_labels), jnp.float32(clip_norm),
-                     jnp.float32(noise_stddev))
+                     jnp.float32(noise_stddev),
+                     written_out=shared and one_layer_binary(model))
 
 
-@functools.partial(jax.jit, static_argnames=("model", "space"))
-def _separation(model, space, view, true_digits, sent_labels, clip_norm, noise_stddev):
+def _binary_sent_distances(model, params, h, cand_pre, true_pre, labels, clip_norm):
+  """For the default head (one ReLU layer, one logit) and one param set, the
+  written-out form of `candidate_messages` (as in `_scores_one_layer_binary`):
+  label y's message is (sigmoid(logit) - y) (relu'(pre) w2) @ W_h^T. Returns
+  the squared distances [B, C] of the candidates' clipped messages (cand_pre
+  [C, H]) to the truth's (true_pre [B, H]) under each record's sent label
+  (labels [B]), the truth's unclipped norm [B] and its clipped one squared
+  [B]."""
+  out = params["params"]["logits"]
+  w2 = out["kernel"][:, 0]
+  wv = w2[:, None] * models.head_w_h(model, params).T            # [H, d]
+  rec = models.head_record_pre(model, params, h)                 # [B, H]
+
+  def sent(pre, y):  # pre [..., H], y broadcast to pre[..., 0]
+    logit = jnp.maximum(pre, 0.0) @ w2 + out["bias"][0]
+    a = jax.nn.sigmoid(logit) - y
+    v = (pre > 0).astype(pre.dtype) @ wv
+    return clip(a[..., None] * v, clip_norm), jnp.abs(a) * jnp.linalg.norm(v, axis=-1)
+
+  labels = labels.astype(jnp.float32)
+  true, raw = sent(rec + true_pre, labels)                       # [B, d], [B]
+  others, _ = sent(rec[:, None, :] + cand_pre[None], labels[:, None])  # [B, C, d]
+  return jnp.sum((others - true[:, None]) ** 2, -1), raw, jnp.sum(true ** 2, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "space", "written_out"))
+def _separation(model, space, view, true_digits, sent_labels, clip_norm, noise_stddev,
+                written_out):
   """`separation` in one compiled program per model, space and view shape:
-  the mechanism's scalars are traced, so every setting and epoch reuses it."""
+  the mechanism's scalars are traced, so every setting and epoch reuses it.
+  written_out: the default head with one param set per step, whose messages
+  `_binary_sent_distances` computes in a few matmuls instead of a Jacobian
+  per candidate."""
   digits = space.digits(jnp.arange(space.size))
   cands = space.encode(digits)                                   # [C, P]
   true_private = space.encode(true_digits)                       # [N, P]
@@ -208,31 +239,45 @@ def _separation(model, space, view, true_digits, sent_labels, clip_norm, noise_s
     # once per step and param set [P, C, H], not per record.
     cand_all = jax.vmap(lambda prm: models.head_private_pre(model, prm, cands))(params_all)
 
-    def record(h_i, i, pi):
+    def messages(h_i, i, pi):
+      """The generic path: (distances [C], unclipped norm, clipped norm^2)."""
+      params = jax.tree.map(lambda a: a[pi], params_all)
+      rec_pre = models.head_record_pre(model, params, h_i)
+      w_h = models.head_w_h(model, params)
+      message = lambda cand_pre: candidate_messages(
+          model, params, rec_pre, w_h, cand_pre, space.num_labels)[sent_labels[i]]
+      raw = message(models.head_private_pre(model, params, true_private[i]))
+      true = clip(raw, clip_norm)
+      others = clip(jax.vmap(message)(cand_all[pi]), clip_norm)
+      return jnp.sum((others - true) ** 2, -1), jnp.linalg.norm(raw), jnp.sum(true ** 2)
+
+    if written_out:
+      params = jax.tree.map(lambda a: a[0], params_all)
+      dists, raws, true_sqs = _binary_sent_distances(
+          model, params, h, cand_all[0], models.head_private_pre(model, params,
+                                                                 true_private[ids]),
+          sent_labels[ids], clip_norm)
+    else:
+      dists, raws, true_sqs = jax.vmap(messages)(h, ids, index)
+
+    def record(h_i, i, pi, dist, raw_norm, true_sq):
       params = jax.tree.map(lambda a: a[pi], params_all)
       w_h = models.head_w_h(model, params)
       rec_pre = models.head_record_pre(model, params, h_i)
-      message = lambda cand_pre: candidate_messages(
-          model, params, rec_pre, w_h, cand_pre, space.num_labels)[sent_labels[i]]
       true_pre = models.head_private_pre(model, params, true_private[i])
       cand_pre = cand_all[pi]                                    # [C, H]
-      raw = message(true_pre)
-      true = clip(raw, clip_norm)
-      others = clip(jax.vmap(message)(cand_pre), clip_norm)
-      dist = jnp.sum((others - true) ** 2, -1)                   # [C]
-      floor = jnp.where(noise_stddev > 0, threshold,
-                        1e-6 * jnp.sum(true ** 2) + 1e-30)
+      floor = jnp.where(noise_stddev > 0, threshold, 1e-6 * true_sq + 1e-30)
       wrong = jnp.any(digits != true_digits[i], -1)
       count = jnp.maximum(jnp.sum(wrong), 1)
       on = (rec_pre + true_pre) > 0
       flips = jnp.any((rec_pre + cand_pre > 0) != on, -1)
       swing = jnp.mean(jnp.abs(cand_pre - true_pre), -1)         # [C]
       return (jnp.sum(wrong & (dist > floor)) / count, jnp.sum(wrong & flips) / count,
-              jnp.linalg.norm(raw), jnp.mean(jnp.abs(rec_pre)),
+              raw_norm, jnp.mean(jnp.abs(rec_pre)),
               jnp.sum(jnp.where(wrong, swing, 0.0)) / count, jnp.linalg.norm(h_i),
               jnp.linalg.norm(w_h))
 
-    return jax.vmap(record)(h, ids, index)
+    return jax.vmap(record)(h, ids, index, dists, raws, true_sqs)
 
   out = jax.lax.map(step, (view.h, view.ids, view.param_index, view.device_params))
   return Separation(*(a.reshape(-1) for a in out))
