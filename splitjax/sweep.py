@@ -624,11 +624,12 @@ def message_energy(config, workdir: str) -> list[dict]:
           sep = exact.separation(model, space, jax.tree.map(lambda a: a[j], view),
                                  true_digits, state.labels[j], float(mech["clip_norm"]),
                                  float(noise))
-          apart.setdefault(r.key, []).append(
-              (float(jnp.mean(sep.ruled_out)), float(jnp.mean(sep.pattern_differs)),
-               float(jnp.mean(sep.norm)) / math.sqrt(c2), float(jnp.mean(sep.server_part)),
-               float(jnp.mean(sep.private_swing)), float(jnp.mean(sep.h_norm)),
-               float(jnp.mean(sep.w_h_norm))))
+          # Every figure's mean in one transfer, in _SEPARATION's order (the
+          # norm over C).
+          means = jax.device_get(jax.tree.map(jnp.mean, sep))
+          apart.setdefault(r.key, []).append(tuple(
+              float(m) / (math.sqrt(c2) if f == "norm" else 1.0)
+              for f, m in zip(sep._fields, means)))
       if separable:  # minutes on MovieLens: say how far it is
         now = time.perf_counter() - start
         logging.info("batch %d/%d: what one release tells apart, epoch %d/%d done, "
