@@ -8,7 +8,8 @@ with the server's views captured and writes message_energy.json and .md:
 per setting and epoch, the mean over released records of
 ||clip(g)||^2 / C^2, estimated from the messages as sent (their energy minus
 the noise's expected d (sigma C)^2), with the noise's standard error beside
-it, and what one release tells apart: the share of wrong x_p candidates
+it, the norm of the server's output averaged over each step's records (the
+part of h they share), and what one release tells apart: the share of wrong x_p candidates
 (with the sent label) that it makes at most 1/e as likely as the truth, the
 share whose first-layer ReLU pattern differs from the truth's, the true
 message's norm before clipping, and per unit of the head's first layer the

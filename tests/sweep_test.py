@@ -325,6 +325,10 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
           "\\|\\|h\\|\\| | \\|\\|W_h\\|\\|_F |") in md
   assert all(r[k] > 0 for r in rows
              for k in ("server_part", "private_swing", "h_norm", "w_h_norm")), rows
+  # The part of h a step's records share is at most their mean norm (the
+  # same records, every one released), and not all of it: h differs by record.
+  assert all(0 < r["h_common"] < r["h_norm"] for r in rows), rows
+  assert "| signal / C^2 | noise se | \\|\\|mean h\\|\\| | ruled out |" in md
   with pytest.raises(ConfigError, match="holds"):
     sweep.message_energy(c, str(tmp_path))
   # Resume: each batch's figures were kept as it finished. With the result
