@@ -539,7 +539,7 @@ def message_energy(config, workdir: str) -> list[dict]:
   mean ||m_i||^2 minus the noise's expected energy d (sigma C)^2, over C^2
   (C = defence.clip_norm; unclipped settings give ||g_i||^2 / C^2), and the
   norm of the server's output averaged over each step's records, ||mean h||
-  (the part of h that a step's records share; noise on the messages grows
+  (the part of h that a step's records share; clipping the messages grows
   it, results/movielens_100k/combined/label_dp_split/README.md). Beside
   them, what one release tells apart (`exact.separation`; the evaluator reads
   every record's x_p for it), each a mean over the released records: the
