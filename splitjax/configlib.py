@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.server_features = ()  # () = every feature that is not private.
   c.data.max_train_examples = 0  # 0 = all.
   c.data.max_test_examples = 0  # 0 = all.
+  # True: each split keeps as many records of each class as its rarest class
+  # has, the first ones in file order (after max_*_examples).
+  c.data.balance_classes = False
   c.data.synthetic = ml_collections.ConfigDict(dict(
       num_examples=20_000, num_server_categorical=2, server_vocab_size=5,
       num_server_numeric=4, num_private_categorical=2, private_vocab_size=3,
@@ -317,7 +320,8 @@ def check(config: ml_collections.ConfigDict) -> None:
 
 # Fields added after results were committed: at these values they change
 # nothing, and the hash leaves them out, so that those results keep theirs.
-_ADDED = {"sweep": {"noise_with_label_epsilons": ()},
+_ADDED = {"data": {"balance_classes": False},
+          "sweep": {"noise_with_label_epsilons": ()},
           "train": {"server_optimizer": "adam", "device_optimizer": "adam"}}
 
 

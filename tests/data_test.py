@@ -12,6 +12,7 @@ import pytest
 from splitjax import configlib, data
 from splitjax.data import builders, official, synthetic
 from splitjax.data.schema import LABEL
+from splitjax.errors import DataError
 from conftest import config_file, small_config
 
 
@@ -131,6 +132,30 @@ def test_schema_normalises_on_train_only():
   np.testing.assert_allclose(ds.train.x_p_num.mean(0), 0, atol=1e-4)
   assert not np.allclose(ds.test.x_s_num.mean(0), 0, atol=1e-4)
   assert [f.name for f in ds.schema.private] == ["p_cat_0", "p_num_0"]
+
+
+def test_balance_classes_keeps_the_first_records_of_each_class():
+  c = small_config(data__max_test_examples=300)
+  full = data.load(c.data)
+  c.data.balance_classes = True
+  kept = data.load(c.data)
+  for whole, part in ((full.train, kept.train), (full.test, kept.test)):
+    counts = np.bincount(whole.y)
+    assert counts.min() < counts.max()  # unbalanced to begin with
+    np.testing.assert_array_equal(np.bincount(part.y), [counts.min()] * 2)
+    # The first counts.min() records of each class, in file order.
+    keep = np.concatenate([np.flatnonzero(whole.y == k)[:counts.min()]
+                           for k in range(2)])
+    keep.sort()
+    for name in ("x_s_cat", "x_p_cat", "y"):
+      np.testing.assert_array_equal(getattr(part, name),
+                                    getattr(whole, name)[keep])
+  # A split that lacks a class cannot be balanced, and says which.
+  first_class = full.schema.label_vocab[1 - full.test.y[0]]
+  c.data.max_test_examples = 1
+  with pytest.raises(DataError, match=rf"data.balance_classes: class "
+                     rf"'{first_class}' has no records in the test split"):
+    data.load(c.data)
 
 
 def test_private_features_are_config_not_code():

@@ -395,12 +395,13 @@ def test_sweep_config_errors(tmp_path):
 
 def test_a_field_added_at_its_neutral_value_keeps_the_config_hash():
   # Committed results carry the hash of configs without
-  # sweep.noise_with_label_epsilons and without the towers' optimisers; at
-  # () and 'adam' (what every committed result used) they are left out of
-  # the hash, and any other value counts.
+  # sweep.noise_with_label_epsilons, the towers' optimisers and
+  # data.balance_classes; at (), 'adam' and False (what every committed
+  # result used) they are left out of the hash, and any other value counts.
   c = _grid_config()
   before = c.to_dict()
   del before["sweep"]["noise_with_label_epsilons"]
+  del before["data"]["balance_classes"]
   for name in ("server_optimizer", "device_optimizer"):
     del before["train"][name]
   text = json.dumps(before, sort_keys=True, default=str)
@@ -409,6 +410,8 @@ def test_a_field_added_at_its_neutral_value_keeps_the_config_hash():
   c.sweep.noise_with_label_epsilons = (1.0,)
   assert configlib.config_hash(c) != old
   c = _grid_config(train__server_optimizer="sgd")
+  assert configlib.config_hash(c) != old
+  c = _grid_config(data__balance_classes=True)
   assert configlib.config_hash(c) != old
 
 

@@ -12,8 +12,8 @@ import dataclasses
 import numpy as np
 
 from splitjax.data import official, synthetic, user_csv
-from splitjax.data.schema import (Arrays, Schema, check_features, encode, make_schema,
-                                  medians_of)
+from splitjax.data.schema import (LABEL, Arrays, Schema, check_features, encode,
+                                  make_schema, medians_of)
 from splitjax.errors import ConfigError, DataError
 
 DATASETS = ("adult", "bank_marketing", "movielens_100k", "synthetic", "csv")
@@ -50,6 +50,21 @@ def check(cfg) -> None:
   check_features(cfg.name, names, cfg.private_features, cfg.server_features)
 
 
+def _balanced(name: str, split: str, table: dict, label_vocab) -> dict:
+  """Keeps the first n records of each class, n the rarest class's count."""
+  labels = table[LABEL]
+  counts = np.bincount(labels, minlength=len(label_vocab))
+  if counts.min() == 0:
+    missing = label_vocab[int(np.argmin(counts))]
+    raise DataError(f"data set {name!r}: data.balance_classes: class "
+                    f"{missing!r} has no records in the {split} split")
+  rank = np.empty_like(labels)  # each record's place among its class's
+  for c in range(len(label_vocab)):
+    rank[labels == c] = np.arange(counts[c])
+  keep = rank < counts.min()
+  return {k: v[keep] for k, v in table.items()}
+
+
 def load(cfg) -> Dataset:
   """Loads, validates and encodes the data set that `config.data` names.
 
@@ -73,6 +88,9 @@ def load(cfg) -> Dataset:
     train = {k: v[:cfg.max_train_examples] for k, v in train.items()}
   if cfg.max_test_examples:
     test = {k: v[:cfg.max_test_examples] for k, v in test.items()}
+  if cfg.balance_classes:
+    train, test = (_balanced(cfg.name, split, table, spec.label_vocab)
+                   for split, table in (("train", train), ("test", test)))
   schema = make_schema(spec, train, cfg.private_features, cfg.server_features)
   medians = medians_of(train, spec)
   train_arrays, test_arrays = encode(train, schema, medians), encode(test, schema, medians)
