@@ -540,7 +540,12 @@ def message_energy(config, workdir: str) -> list[dict]:
   (C = defence.clip_norm; unclipped settings give ||g_i||^2 / C^2), and the
   norm of the server's output averaged over each step's records, ||mean h||
   (the part of h that a step's records share; clipping the messages grows
-  it, results/movielens_100k/combined/label_dp_split/README.md). Beside
+  it, results/movielens_100k/combined/label_dp_split/README.md), and the
+  norm of each step's mean message over C, ||mean m|| / C: the gradient the
+  cut layer's bias receives, less the noise's expected d (sigma C)^2 / B in
+  the square, root-mean-square over the epoch's steps (clipped messages of
+  imbalanced labels push it off zero,
+  results/bank_marketing/combined/label_dp_split/README.md). Beside
   them, what one release tells apart (`exact.separation`; the evaluator reads
   every record's x_p for it), each a mean over the released records: the
   share of wrong x_p candidates (with the sent label) that one release makes
@@ -592,6 +597,7 @@ def message_energy(config, workdir: str) -> list[dict]:
     if b.id in held and any(
         len(r.get("signal_over_c2", ())) != config.train.num_epochs
         or len(r.get("h_common", ())) != config.train.num_epochs
+        or len(r.get("bias_push", ())) != config.train.num_epochs
         or len(r.get("separation", ())) != (config.train.num_epochs if width else 0)
         or any(len(e) != width for e in r.get("separation", ()))
         for r in held[b.id]["runs"]):
@@ -609,6 +615,7 @@ def message_energy(config, workdir: str) -> list[dict]:
     logging.info("resuming: %d of %d batches already finished", len(held), len(plan))
   signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]
   common = {}  # run key -> [per epoch mean over steps of ||mean h||]
+  push = {}  # run key -> [per epoch rms over steps of ||mean m|| / C]
   apart = {}  # run key -> [per epoch means, in _SEPARATION's order]
   for i, b in enumerate(plan):
     if b.id in held:
@@ -620,14 +627,19 @@ def message_energy(config, workdir: str) -> list[dict]:
     released = views[0].ids[0].size
     start = time.perf_counter()
     for e, view in enumerate(views):
-      energy, shared = jax.device_get(
+      energy, shared, pushed = jax.device_get(
           (jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)),
-           jnp.mean(jnp.linalg.norm(jnp.mean(view.h, 2), axis=-1), 1)))
+           jnp.mean(jnp.linalg.norm(jnp.mean(view.h, 2), axis=-1), 1),
+           jnp.mean(jnp.sum(jnp.square(jnp.mean(view.messages, 2)), -1), 1)))
+      per_step = view.messages.shape[2]
       for j, r in enumerate(b.runs):
         mech = mechanism(config, r.setting)
         noise = mech["noise_stddev"]
         signal.setdefault(r.key, []).append((float(energy[j]) - d * noise ** 2) / c2)
         common.setdefault(r.key, []).append(float(shared[j]))
+        # The mean of a step's B messages carries noise of energy d noise^2 / B.
+        push.setdefault(r.key, []).append(
+            math.sqrt(max(float(pushed[j]) - d * noise ** 2 / per_step, 0.0) / c2))
         if separable:
           sep = exact.separation(model, space, jax.tree.map(lambda a: a[j], view),
                                  true_digits, state.labels[j], float(mech["clip_norm"]),
@@ -646,7 +658,7 @@ def message_energy(config, workdir: str) -> list[dict]:
     del views
     held[b.id] = {"batch": b.id, "released": int(released), "runs": [
         {"run": r.key, "signal_over_c2": signal[r.key], "h_common": common[r.key],
-         "separation": apart.get(r.key, [])}
+         "bias_push": push[r.key], "separation": apart.get(r.key, [])}
         for r in b.runs], **provenance}
     wd.write_json(held_path(b), held[b.id])
     progress.update(f"batch {i + 1}/{len(plan)}: message energy read",
@@ -654,7 +666,7 @@ def message_energy(config, workdir: str) -> list[dict]:
   for b in plan:
     for r in held[b.id]["runs"]:
       signal[r["run"]], apart[r["run"]] = r["signal_over_c2"], r["separation"]
-      common[r["run"]] = r["h_common"]
+      common[r["run"]], push[r["run"]] = r["h_common"], r["bias_push"]
   released = held[plan[0].id]["released"]  # records per epoch, the same in every batch
   # A resumed run names every commit its batches ran on.
   provenance = dict(provenance, git_commit="+".join(
@@ -672,6 +684,10 @@ def message_energy(config, workdir: str) -> list[dict]:
       values = [common[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
       mean, half = report.ci95(values)
       out[-1].update({"h_common": mean, "h_common_ci95": half, "h_common_per_seed": values})
+      values = [push[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
+      mean, half = report.ci95(values)
+      out[-1].update({"bias_push": mean, "bias_push_ci95": half,
+                      "bias_push_per_seed": values})
       for k, name in enumerate(_SEPARATION if separable else ()):
         values = [apart[Run(s, int(seed)).key][e][k] for seed in config.sweep.seeds]
         mean, half = report.ci95(values)
@@ -682,7 +698,10 @@ def message_energy(config, workdir: str) -> list[dict]:
            f"{config.defence.clip_norm:g}, cut dim {d}; mean ± 95 % t-interval over "
            "seeds; 'noise se' is one run's standard error from the noise; "
            "'||mean h||', the norm of the server's output averaged over a step's "
-           "records (the part of h they share), the mean over the epoch's steps."
+           "records (the part of h they share), the mean over the epoch's steps; "
+           "'||mean m|| / C', the norm of a step's mean message as sent (the "
+           "gradient on the cut layer's bias) over C, less the noise's part, "
+           "root-mean-square over the epoch's steps."
            + (" Of the wrong x_p candidates (sent label): 'ruled out', the share one "
               "release makes at most 1/e as likely as the truth; 'pattern differs', "
               "the share whose first-layer ReLU pattern differs from the truth's. "
@@ -692,14 +711,16 @@ def message_energy(config, workdir: str) -> list[dict]:
               "||W_h||_F." if separable
               else ""),
            "", "| setting | epoch | signal / C^2 | noise se | \\|\\|mean h\\|\\| |"
+           " \\|\\|mean m\\|\\| / C |"
            + (" ruled out | pattern differs | \\|\\|g\\|\\| / C | server part | x_p swing |"
               " \\|\\|h\\|\\| | \\|\\|W_h\\|\\|_F |" if separable else ""),
-           "|---|---|---|---|---|" + ("---|" * len(_SEPARATION) if separable else "")]
+           "|---|---|---|---|---|---|" + ("---|" * len(_SEPARATION) if separable else "")]
   keys = [s.key for s in settings]
   for r in sorted(out, key=lambda r: (keys.index(r["setting"]), r["epoch"])):
     cell = report.mean_ci(r["signal_over_c2"], r["signal_over_c2_ci95"])
     lines.append(f"| {r['setting']} | {r['epoch']} | {cell} | {r['noise_se']:.3f} | "
-                 f"{report.mean_ci(r['h_common'], r['h_common_ci95'])} |"
+                 f"{report.mean_ci(r['h_common'], r['h_common_ci95'])} | "
+                 f"{report.mean_ci(r['bias_push'], r['bias_push_ci95'])} |"
                  + "".join(f" {report.mean_ci(r[n], r[n + '_ci95'])} |"
                            for n in (_SEPARATION if separable else ())))
   text = "\n".join(lines) + "\n"

@@ -328,7 +328,20 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
   # The part of h a step's records share is at most their mean norm (the
   # same records, every one released), and not all of it: h differs by record.
   assert all(0 < r["h_common"] < r["h_norm"] for r in rows), rows
-  assert "| signal / C^2 | noise se | \\|\\|mean h\\|\\| | ruled out |" in md
+  assert ("| signal / C^2 | noise se | \\|\\|mean h\\|\\| | \\|\\|mean m\\|\\| / C "
+          "| ruled out |") in md
+  # A step's mean message is at most the root-mean-square message (Jensen),
+  # and not zero: the messages do not cancel. At sigma 2 the noise in a
+  # step's mean (energy d (sigma C)^2 / B = 0.5 C^2, B = 64) is taken off.
+  # What is left spreads by about 0.06 C^2 in the square (chi-squared over 20
+  # steps) around the clipped part, which is small here (0.033 and 0.030 C^2
+  # at sigma 1e-3; measured 0.041 and 0.0 at sigma 2). Left in, the noise
+  # would put it near 0.5.
+  for e in (1, 2):
+    for k in ("none", "noise_sigma0.001"):
+      r = by[k, e]
+      assert 0 < r["bias_push"] ** 2 <= r["signal_over_c2"] * (1 + 1e-4), r
+    assert 0 <= by["noise_sigma2", e]["bias_push"] ** 2 < 0.25, by["noise_sigma2", e]
   with pytest.raises(ConfigError, match="holds"):
     sweep.message_energy(c, str(tmp_path))
   # Resume: each batch's figures were kept as it finished. With the result
