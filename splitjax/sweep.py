@@ -532,6 +532,14 @@ _SEPARATION = ("ruled_out", "pattern_differs", "norm_over_c", "server_part",
                "private_swing", "h_norm", "w_h_norm")
 
 
+def mean_message_over_c(mean_sq: float, noise_stddev: float, num: int, dim: int,
+                        clip_norm: float) -> float:
+  """||mean clip(g)|| / C from ||mean m||^2, the squared norm of the mean of
+  `num` messages as sent: their noise adds dim noise_stddev^2 / num to it in
+  expectation, taken off here (floored at zero)."""
+  return math.sqrt(max(mean_sq - dim * noise_stddev ** 2 / num, 0.0)) / clip_norm
+
+
 def message_energy(config, workdir: str) -> list[dict]:
   """How much of the clip budget the messages carry, per setting of the
   sweep grid (the server-only model aside) and epoch: the mean over the
@@ -541,9 +549,9 @@ def message_energy(config, workdir: str) -> list[dict]:
   norm of the server's output averaged over each step's records, ||mean h||
   (the part of h that a step's records share; clipping the messages grows
   it, results/movielens_100k/combined/label_dp_split/README.md), and the
-  norm of each step's mean message over C, ||mean m|| / C: the gradient the
-  cut layer's bias receives, less the noise's expected d (sigma C)^2 / B in
-  the square, root-mean-square over the epoch's steps (clipped messages of
+  norm of the epoch's mean message over C, ||mean m|| / C: the gradient the
+  cut layer's bias receives, averaged over the epoch's steps, less the
+  noise's expected d (sigma C)^2 / N in the square (clipped messages of
   imbalanced labels push it off zero,
   results/bank_marketing/combined/label_dp_split/README.md). Beside
   them, what one release tells apart (`exact.separation`; the evaluator reads
@@ -615,7 +623,7 @@ def message_energy(config, workdir: str) -> list[dict]:
     logging.info("resuming: %d of %d batches already finished", len(held), len(plan))
   signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]
   common = {}  # run key -> [per epoch mean over steps of ||mean h||]
-  push = {}  # run key -> [per epoch rms over steps of ||mean m|| / C]
+  push = {}  # run key -> [per epoch ||mean m|| / C over the epoch's messages]
   apart = {}  # run key -> [per epoch means, in _SEPARATION's order]
   for i, b in enumerate(plan):
     if b.id in held:
@@ -630,16 +638,14 @@ def message_energy(config, workdir: str) -> list[dict]:
       energy, shared, pushed = jax.device_get(
           (jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)),
            jnp.mean(jnp.linalg.norm(jnp.mean(view.h, 2), axis=-1), 1),
-           jnp.mean(jnp.sum(jnp.square(jnp.mean(view.messages, 2)), -1), 1)))
-      per_step = view.messages.shape[2]
+           jnp.sum(jnp.square(jnp.mean(view.messages, (1, 2))), -1)))
       for j, r in enumerate(b.runs):
         mech = mechanism(config, r.setting)
         noise = mech["noise_stddev"]
         signal.setdefault(r.key, []).append((float(energy[j]) - d * noise ** 2) / c2)
         common.setdefault(r.key, []).append(float(shared[j]))
-        # The mean of a step's B messages carries noise of energy d noise^2 / B.
-        push.setdefault(r.key, []).append(
-            math.sqrt(max(float(pushed[j]) - d * noise ** 2 / per_step, 0.0) / c2))
+        push.setdefault(r.key, []).append(mean_message_over_c(
+            float(pushed[j]), noise, released, d, math.sqrt(c2)))
         if separable:
           sep = exact.separation(model, space, jax.tree.map(lambda a: a[j], view),
                                  true_digits, state.labels[j], float(mech["clip_norm"]),
@@ -699,9 +705,9 @@ def message_energy(config, workdir: str) -> list[dict]:
            "seeds; 'noise se' is one run's standard error from the noise; "
            "'||mean h||', the norm of the server's output averaged over a step's "
            "records (the part of h they share), the mean over the epoch's steps; "
-           "'||mean m|| / C', the norm of a step's mean message as sent (the "
-           "gradient on the cut layer's bias) over C, less the noise's part, "
-           "root-mean-square over the epoch's steps."
+           "'||mean m|| / C', the norm of the epoch's mean message as sent (the "
+           "gradient on the cut layer's bias, averaged over the epoch's steps) "
+           "over C, less the noise's part."
            + (" Of the wrong x_p candidates (sent label): 'ruled out', the share one "
               "release makes at most 1/e as likely as the truth; 'pattern differs', "
               "the share whose first-layer ReLU pattern differs from the truth's. "
