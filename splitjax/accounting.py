@@ -36,6 +36,15 @@ from splitjax import defences
 from splitjax.errors import ConfigError
 
 ACCOUNTANTS = ("pld", "rdp")
+# The PLD accountant's grid step: dp-accounting's default up to epsilon
+# PLD_GRID_EPSILON (every committed result), then growing with epsilon, so the
+# grid keeps the size, and the seconds, that epsilon costs. At the default
+# step a noise multiplier of 0.05 takes 2 minutes an epsilon, and 1e-6 asks
+# for petabytes. The discretisation is pessimistic at any step.
+PLD_STEP = 1e-4
+PLD_GRID_EPSILON = 250.0
+# Past this (from RDP, never below PLD's) the PLD grid step would overflow.
+MAX_EPSILON = 1e8
 
 
 def cut_layer_event(noise_multiplier: float, num_epochs: int) -> dp_accounting.DpEvent:
@@ -57,18 +66,36 @@ def dpsgd_event(noise_multiplier: float, sampling_probability: float,
       num_steps)
 
 
-def _accountant(name: str, relation=None):
-  relation = relation or dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+def _accountant(name: str, step: float = PLD_STEP):
+  relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
   if name == "pld":
-    return pld.PLDAccountant(relation)
+    return pld.PLDAccountant(relation, value_discretization_interval=step)
   if name == "rdp":
     return rdp.RdpAccountant(neighboring_relation=relation)
   raise ConfigError(f"accountant: unknown {name!r}; known: {list(ACCOUNTANTS)}")
 
 
+def _pld_step(event: dp_accounting.DpEvent, delta: float) -> float:
+  """The PLD grid step for an event (PLD_STEP, or more past PLD_GRID_EPSILON).
+
+  Raises:
+    ConfigError: epsilon above MAX_EPSILON (a noise multiplier of about
+      1e-4 or less), which the PLD accountant cannot represent.
+  """
+  upper = epsilon(event, delta, "rdp")  # an upper bound, a little above PLD's
+  if upper > MAX_EPSILON:
+    raise ConfigError(
+        f"noise multiplier: epsilon above {MAX_EPSILON:.0e} (RDP: {upper:.3g}) is "
+        "beyond what the PLD accountant represents; a sigma of 1e-3 already "
+        "makes the noise negligible (scripts/message_energy.py, which does not "
+        "account, takes any sigma)")
+  return PLD_STEP * max(1.0, upper / PLD_GRID_EPSILON)
+
+
 def epsilon(event: dp_accounting.DpEvent, delta: float, accountant: str = "pld") -> float:
-  """epsilon at delta of an event, from the named accountant."""
-  acc = _accountant(accountant)
+  """epsilon at delta of an event, from the named accountant (PLD on a grid
+  whose step `_pld_step` sets)."""
+  acc = _accountant(accountant, _pld_step(event, delta) if accountant == "pld" else PLD_STEP)
   acc.compose(event)
   return float(acc.get_epsilon(delta))
 
@@ -171,9 +198,11 @@ def calibrate_noise_multiplier(target_epsilon: float, num_epochs: int, delta: fl
   if not target_epsilon > 0:
     raise ConfigError(f"defence.target_epsilon: must be > 0, got {target_epsilon}")
   make_event = lambda sigma: cut_layer_event(sigma, num_epochs)
+  # One PLD grid for the whole search: the step at its smallest sigma, the
+  # coarsest, so every epsilon it compares is at least `epsilon`'s.
   calibrate = lambda name, lo, hi: float(dp_accounting.calibrate_dp_mechanism(
-      lambda: _accountant(name), make_event, target_epsilon, delta,
-      dp_accounting.ExplicitBracketInterval(lo, hi), tol=1e-4))
+      lambda: _accountant(name, _pld_step(make_event(lo), delta)), make_event,
+      target_epsilon, delta, dp_accounting.ExplicitBracketInterval(lo, hi), tol=1e-4))
   reach = epsilon(make_event(upper), delta, accountant)
   if not reach <= target_epsilon:
     raise ConfigError(

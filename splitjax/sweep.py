@@ -406,6 +406,18 @@ def run(config, workdir: str) -> list[dict]:
   spec = training.make_spec(config, model, dataset.train)
   check_view_memory(config, spec, plan)
   ctx = evaluation.prepare(config, dataset, model, spec)
+  done = set(finished)
+  # Every pending setting's accounting once, up front, before the workdir is
+  # touched (an epsilon it cannot represent is a config error): PLD at a
+  # small sigma costs seconds, and with several hosts each needs it for
+  # different runs at different times, which would hold the next batch's
+  # collectives.
+  acct_cache = {}
+  start = time.perf_counter()
+  for s in dict.fromkeys(r.setting for b in plan if b.id not in done for r in b.runs):
+    _accounting(config, spec, s, acct_cache)
+  logging.info("accounting: %d mechanisms in %.1f s", len(acct_cache),
+               time.perf_counter() - start)
   if not os.path.exists(os.path.join(workdir, "config.json")):
     wd.write_json(os.path.join(workdir, "config.json"),
                   {"config": config.to_dict(), "schema": dataset.schema.to_json(),
@@ -418,20 +430,10 @@ def run(config, workdir: str) -> list[dict]:
                dataset.train.num_examples, dataset.test.num_examples,
                [f.name for f in dataset.schema.private])
   progress = Progress(num_runs, config.train.num_epochs)
-  done = set(finished)
   progress.runs_done = sum(len(b.runs) for b in plan if b.id in done)
   progress.plan(num_runs - progress.runs_done)
   if done:
     logging.info("resuming: %d of %d batches already finished", len(done), len(plan))
-  # Every pending setting's accounting once, up front: PLD at a small sigma
-  # costs seconds, and with several hosts each needs it for different runs
-  # at different times, which would hold the next batch's collectives.
-  acct_cache = {}
-  start = time.perf_counter()
-  for s in dict.fromkeys(r.setting for b in plan if b.id not in done for r in b.runs):
-    _accounting(config, spec, s, acct_cache)
-  logging.info("accounting: %d mechanisms in %.1f s", len(acct_cache),
-               time.perf_counter() - start)
   for i, b in enumerate(plan):
     if b.id in done:
       continue

@@ -399,6 +399,11 @@ def test_sweep_config_errors(tmp_path):
   with pytest.raises(ConfigError, match=r"sweep.noise_with_label_epsilons: each must "
                      r"be <= 10 or inf, got \(3.0, 12.0\)"):
     sweep.run(c, str(tmp_path / "e"))
+  # A sigma whose epsilon the PLD accountant cannot represent is refused
+  # after the data are read, before the workdir is touched.
+  c = _grid_config(sweep__noise_multipliers=(1e-6,), sweep__label_epsilons=())
+  with pytest.raises(ConfigError, match="noise multiplier: epsilon above 1e"):
+    sweep.run(c, str(tmp_path / "f"))
   assert not os.listdir(tmp_path)
 
 
