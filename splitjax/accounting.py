@@ -43,7 +43,7 @@ ACCOUNTANTS = ("pld", "rdp")
 # for petabytes. The discretisation is pessimistic at any step.
 PLD_STEP = 1e-4
 PLD_GRID_EPSILON = 250.0
-# Past this (from RDP, never below PLD's) the PLD grid step would overflow.
+# Past this epsilon (by RDP, an upper bound) the PLD grid step would overflow.
 MAX_EPSILON = 1e8
 
 
@@ -79,8 +79,9 @@ def _pld_step(event: dp_accounting.DpEvent, delta: float) -> float:
   """The PLD grid step for an event (PLD_STEP, or more past PLD_GRID_EPSILON).
 
   Raises:
-    ConfigError: epsilon above MAX_EPSILON (a noise multiplier of about
-      1e-4 or less), which the PLD accountant cannot represent.
+    ConfigError: epsilon above MAX_EPSILON (a noise multiplier under 1.5e-4
+      for one epoch, 3.3e-4 for five), which the PLD accountant cannot
+      represent.
   """
   upper = epsilon(event, delta, "rdp")  # an upper bound, a little above PLD's
   if upper > MAX_EPSILON:

@@ -553,8 +553,8 @@ def message_energy(config, workdir: str) -> list[dict]:
   it, results/movielens_100k/combined/label_dp_split/README.md), and the
   norm of the epoch's mean message over C, ||mean m|| / C: the gradient the
   cut layer's bias receives, averaged over the epoch's steps, less the
-  noise's expected d (sigma C)^2 / N in the square (clipped messages of
-  imbalanced labels push it off zero,
+  noise's expected d (sigma C)^2 / N in the square (a clip that shrinks
+  one class's messages more than the other's pushes it off zero,
   results/bank_marketing/combined/label_dp_split/README.md). Beside
   them, what one release tells apart (`exact.separation`; the evaluator reads
   every record's x_p for it), each a mean over the released records: the
