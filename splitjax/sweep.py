@@ -42,7 +42,7 @@ import numpy as np
 from absl import logging
 
 from splitjax import accounting, audit, configlib, data, evaluation, models
-from splitjax import report, sharding, training
+from splitjax import protocol, report, sharding, training
 from splitjax.attacks import baselines, exact, knowledge
 from splitjax import workdir as wd
 from splitjax.errors import ConfigError
@@ -542,6 +542,27 @@ def mean_message_over_c(mean_sq: float, noise_stddev: float, num: int, dim: int,
   return math.sqrt(max(mean_sq - dim * noise_stddev ** 2 / num, 0.0)) / clip_norm
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def unclipped_mean_message(model, view, x_p_cat, x_p_num, labels) -> jax.Array:
+  """The mean over an epoch's released records of the true message
+  g_i = dl_i/dh_i before the defence [d], recomputed from the view's device
+  params (each record's own, by `param_index`) and the record's x_p and sent
+  label: the evaluator's, since it reads x_p. Its sum is W_h times the
+  device's first-layer bias gradient, which the device alone drives to
+  zero."""
+  grad = jax.grad(functools.partial(protocol.record_loss, model), argnums=1)
+
+  def step(args):
+    h, ids, index, params_all = args
+    p = model.encode_private(x_p_cat[ids], x_p_num[ids])
+    one = lambda h_i, p_i, y_i, pi: grad(jax.tree.map(lambda a: a[pi], params_all),
+                                         h_i, p_i, y_i)
+    return jnp.sum(jax.vmap(one)(h, p, labels[ids], index), 0)
+
+  sums = jax.lax.map(step, (view.h, view.ids, view.param_index, view.device_params))
+  return jnp.sum(sums, 0) / view.ids.size
+
+
 def message_energy(config, workdir: str) -> list[dict]:
   """How much of the clip budget the messages carry, per setting of the
   sweep grid (the server-only model aside) and epoch: the mean over the
@@ -555,7 +576,9 @@ def message_energy(config, workdir: str) -> list[dict]:
   cut layer's bias receives, averaged over the epoch's steps, less the
   noise's expected d (sigma C)^2 / N in the square (a clip that shrinks
   one class's messages more than the other's pushes it off zero,
-  results/bank_marketing/combined/label_dp_split/README.md). Beside
+  results/bank_marketing/combined/label_dp_split/README.md); beside it the
+  same norm of the true messages' mean before the defence, ||mean g|| / C
+  (`unclipped_mean_message`), and the cosine between the two means. Beside
   them, what one release tells apart (`exact.separation`; the evaluator reads
   every record's x_p for it), each a mean over the released records: the
   share of wrong x_p candidates (with the sent label) that one release makes
@@ -608,6 +631,7 @@ def message_energy(config, workdir: str) -> list[dict]:
         len(r.get("signal_over_c2", ())) != config.train.num_epochs
         or len(r.get("h_common", ())) != config.train.num_epochs
         or len(r.get("bias_push", ())) != config.train.num_epochs
+        or len(r.get("unclipped", ())) != config.train.num_epochs
         or len(r.get("separation", ())) != (config.train.num_epochs if width else 0)
         or any(len(e) != width for e in r.get("separation", ()))
         for r in held[b.id]["runs"]):
@@ -626,6 +650,8 @@ def message_energy(config, workdir: str) -> list[dict]:
   signal = {}  # run key -> [per epoch ||clip(g)||^2 / C^2]
   common = {}  # run key -> [per epoch mean over steps of ||mean h||]
   push = {}  # run key -> [per epoch ||mean m|| / C over the epoch's messages]
+  unclipped = {}  # run key -> [per epoch (||mean g|| / C, cos(mean m, mean g))]
+  x_p_cat, x_p_num_dev = jnp.asarray(dataset.train.x_p_cat), jnp.asarray(x_p_num)
   apart = {}  # run key -> [per epoch means, in _SEPARATION's order]
   for i, b in enumerate(plan):
     if b.id in held:
@@ -637,17 +663,27 @@ def message_energy(config, workdir: str) -> list[dict]:
     released = views[0].ids[0].size
     start = time.perf_counter()
     for e, view in enumerate(views):
-      energy, shared, pushed = jax.device_get(
+      energy, shared, sent_mean = jax.device_get(
           (jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)),
            jnp.mean(jnp.linalg.norm(jnp.mean(view.h, 2), axis=-1), 1),
-           jnp.sum(jnp.square(jnp.mean(view.messages, (1, 2))), -1)))
+           jnp.mean(view.messages, (1, 2))))
       for j, r in enumerate(b.runs):
         mech = mechanism(config, r.setting)
         noise = mech["noise_stddev"]
         signal.setdefault(r.key, []).append((float(energy[j]) - d * noise ** 2) / c2)
         common.setdefault(r.key, []).append(float(shared[j]))
         push.setdefault(r.key, []).append(mean_message_over_c(
-            float(pushed[j]), noise, released, d, math.sqrt(c2)))
+            float(np.sum(np.square(sent_mean[j]))), noise, released, d, math.sqrt(c2)))
+        if view.device_params is None:  # knowledge 'none': no device params
+          unclipped.setdefault(r.key, []).append((math.nan, math.nan))
+        else:
+          true_mean = np.asarray(unclipped_mean_message(
+              model, jax.tree.map(lambda a: a[j], view), x_p_cat, x_p_num_dev,
+              state.labels[j]))
+          unclipped.setdefault(r.key, []).append(
+              (float(np.linalg.norm(true_mean)) / math.sqrt(c2),
+               float(sent_mean[j] @ true_mean / max(
+                   np.linalg.norm(sent_mean[j]) * np.linalg.norm(true_mean), 1e-30))))
         if separable:
           sep = exact.separation(model, space, jax.tree.map(lambda a: a[j], view),
                                  true_digits, state.labels[j], float(mech["clip_norm"]),
@@ -666,7 +702,8 @@ def message_energy(config, workdir: str) -> list[dict]:
     del views
     held[b.id] = {"batch": b.id, "released": int(released), "runs": [
         {"run": r.key, "signal_over_c2": signal[r.key], "h_common": common[r.key],
-         "bias_push": push[r.key], "separation": apart.get(r.key, [])}
+         "bias_push": push[r.key], "unclipped": unclipped[r.key],
+         "separation": apart.get(r.key, [])}
         for r in b.runs], **provenance}
     wd.write_json(held_path(b), held[b.id])
     progress.update(f"batch {i + 1}/{len(plan)}: message energy read",
@@ -675,6 +712,7 @@ def message_energy(config, workdir: str) -> list[dict]:
     for r in held[b.id]["runs"]:
       signal[r["run"]], apart[r["run"]] = r["signal_over_c2"], r["separation"]
       common[r["run"]], push[r["run"]] = r["h_common"], r["bias_push"]
+      unclipped[r["run"]] = r["unclipped"]
   released = held[plan[0].id]["released"]  # records per epoch, the same in every batch
   # A resumed run names every commit its batches ran on.
   provenance = dict(provenance, git_commit="+".join(
@@ -696,6 +734,10 @@ def message_energy(config, workdir: str) -> list[dict]:
       mean, half = report.ci95(values)
       out[-1].update({"bias_push": mean, "bias_push_ci95": half,
                       "bias_push_per_seed": values})
+      for k, name in enumerate(("unclipped_mean", "push_cosine")):
+        values = [unclipped[Run(s, int(seed)).key][e][k] for seed in config.sweep.seeds]
+        mean, half = report.ci95(values)
+        out[-1].update({name: mean, f"{name}_ci95": half, f"{name}_per_seed": values})
       for k, name in enumerate(_SEPARATION if separable else ()):
         values = [apart[Run(s, int(seed)).key][e][k] for seed in config.sweep.seeds]
         mean, half = report.ci95(values)
@@ -709,7 +751,10 @@ def message_energy(config, workdir: str) -> list[dict]:
            "records (the part of h they share), the mean over the epoch's steps; "
            "'||mean m|| / C', the norm of the epoch's mean message as sent (the "
            "gradient on the cut layer's bias, averaged over the epoch's steps) "
-           "over C, less the noise's part."
+           "over C, less the noise's part; '||mean g|| / C', the same of the true "
+           "messages before the defence (the evaluator's; the device alone drives "
+           "it to zero), and 'cos', the cosine between the two means (noise "
+           "included)."
            + (" Of the wrong x_p candidates (sent label): 'ruled out', the share one "
               "release makes at most 1/e as likely as the truth; 'pattern differs', "
               "the share whose first-layer ReLU pattern differs from the truth's. "
@@ -719,16 +764,18 @@ def message_energy(config, workdir: str) -> list[dict]:
               "||W_h||_F." if separable
               else ""),
            "", "| setting | epoch | signal / C^2 | noise se | \\|\\|mean h\\|\\| |"
-           " \\|\\|mean m\\|\\| / C |"
+           " \\|\\|mean m\\|\\| / C | \\|\\|mean g\\|\\| / C | cos |"
            + (" ruled out | pattern differs | \\|\\|g\\|\\| / C | server part | x_p swing |"
               " \\|\\|h\\|\\| | \\|\\|W_h\\|\\|_F |" if separable else ""),
-           "|---|---|---|---|---|---|" + ("---|" * len(_SEPARATION) if separable else "")]
+           "|---|---|---|---|---|---|---|---|" + ("---|" * len(_SEPARATION) if separable else "")]
   keys = [s.key for s in settings]
   for r in sorted(out, key=lambda r: (keys.index(r["setting"]), r["epoch"])):
     cell = report.mean_ci(r["signal_over_c2"], r["signal_over_c2_ci95"])
     lines.append(f"| {r['setting']} | {r['epoch']} | {cell} | {r['noise_se']:.3f} | "
                  f"{report.mean_ci(r['h_common'], r['h_common_ci95'])} | "
-                 f"{report.mean_ci(r['bias_push'], r['bias_push_ci95'])} |"
+                 f"{report.mean_ci(r['bias_push'], r['bias_push_ci95'])} | "
+                 f"{report.mean_ci(r['unclipped_mean'], r['unclipped_mean_ci95'])} | "
+                 f"{report.mean_ci(r['push_cosine'], r['push_cosine_ci95'], 2)} |"
                  + "".join(f" {report.mean_ci(r[n], r[n + '_ci95'])} |"
                            for n in (_SEPARATION if separable else ())))
   text = "\n".join(lines) + "\n"

@@ -328,8 +328,7 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
   # The part of h a step's records share is at most their mean norm (the
   # same records, every one released), and not all of it: h differs by record.
   assert all(0 < r["h_common"] < r["h_norm"] for r in rows), rows
-  assert ("| signal / C^2 | noise se | \\|\\|mean h\\|\\| | \\|\\|mean m\\|\\| / C "
-          "| ruled out |") in md
+  assert "| signal / C^2 | noise se | \\|\\|mean h\\|\\| | \\|\\|mean m\\|\\| / C |" in md
   # The epoch's mean message is at most the root-mean-square message
   # (Jensen), and not zero: the messages do not cancel. At sigma 2 what is
   # left after the noise's part comes off is at least 0.
@@ -338,6 +337,12 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
       r = by[k, e]
       assert 0 < r["bias_push"] ** 2 <= r["signal_over_c2"] * (1 + 1e-4), r
     assert by["noise_sigma2", e]["bias_push"] >= 0, by["noise_sigma2", e]
+    # Undefended, the true messages the evaluator recomputes from the view's
+    # device params are the messages sent: the same mean, cosine 1.
+    r = by["none", e]
+    assert r["unclipped_mean"] == pytest.approx(r["bias_push"], rel=1e-4), r
+    assert r["push_cosine"] > 1 - 1e-5, r
+  assert ("\\|\\|mean m\\|\\| / C | \\|\\|mean g\\|\\| / C | cos | ruled out |") in md
   with pytest.raises(ConfigError, match="holds"):
     sweep.message_energy(c, str(tmp_path))
   # Resume: each batch's figures were kept as it finished. With the result
