@@ -543,24 +543,27 @@ def mean_message_over_c(mean_sq: float, noise_stddev: float, num: int, dim: int,
 
 
 @functools.partial(jax.jit, static_argnames="model")
-def unclipped_mean_message(model, view, x_p_cat, x_p_num, labels) -> jax.Array:
-  """The mean over an epoch's released records of the true message
-  g_i = dl_i/dh_i before the defence [d], recomputed from the view's device
-  params (each record's own, by `param_index`) and the record's x_p and sent
-  label: the evaluator's, since it reads x_p. Its sum is W_h times the
-  device's first-layer bias gradient, which the device alone drives to
-  zero."""
+def unclipped_mean_messages(model, view, x_p_cat, x_p_num, labels) -> jax.Array:
+  """Per run [R, d], of a view stacked over R runs (labels [R, N]): the mean
+  over an epoch's released records of the true message g_i = dl_i/dh_i before
+  the defence, recomputed from the view's device params (each record's own,
+  by `param_index`) and the record's x_p and sent label: the evaluator's,
+  since it reads x_p. Its sum is W_h times the device's first-layer bias
+  gradient, which the device alone drives to zero."""
   grad = jax.grad(functools.partial(protocol.record_loss, model), argnums=1)
 
-  def step(args):
-    h, ids, index, params_all = args
-    p = model.encode_private(x_p_cat[ids], x_p_num[ids])
-    one = lambda h_i, p_i, y_i, pi: grad(jax.tree.map(lambda a: a[pi], params_all),
-                                         h_i, p_i, y_i)
-    return jnp.sum(jax.vmap(one)(h, p, labels[ids], index), 0)
+  def run(view, labels):
+    def step(args):
+      h, ids, index, params_all = args
+      p = model.encode_private(x_p_cat[ids], x_p_num[ids])
+      one = lambda h_i, p_i, y_i, pi: grad(jax.tree.map(lambda a: a[pi], params_all),
+                                           h_i, p_i, y_i)
+      return jnp.sum(jax.vmap(one)(h, p, labels[ids], index), 0)
 
-  sums = jax.lax.map(step, (view.h, view.ids, view.param_index, view.device_params))
-  return jnp.sum(sums, 0) / view.ids.size
+    sums = jax.lax.map(step, (view.h, view.ids, view.param_index, view.device_params))
+    return jnp.sum(sums, 0) / view.ids.size
+
+  return jax.vmap(run)(view, labels)
 
 
 def message_energy(config, workdir: str) -> list[dict]:
@@ -578,7 +581,7 @@ def message_energy(config, workdir: str) -> list[dict]:
   one class's messages more than the other's pushes it off zero,
   results/bank_marketing/combined/label_dp_split/README.md); beside it the
   same norm of the true messages' mean before the defence, ||mean g|| / C
-  (`unclipped_mean_message`), and the cosine between the two means. Beside
+  (`unclipped_mean_messages`), and the cosine between the two means. Beside
   them, what one release tells apart (`exact.separation`; the evaluator reads
   every record's x_p for it), each a mean over the released records: the
   share of wrong x_p candidates (with the sent label) that one release makes
@@ -667,6 +670,10 @@ def message_energy(config, workdir: str) -> list[dict]:
           (jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)),
            jnp.mean(jnp.linalg.norm(jnp.mean(view.h, 2), axis=-1), 1),
            jnp.mean(view.messages, (1, 2))))
+      # Every run's true mean in one program and one transfer (knowledge
+      # 'none' leaves no device params to recompute them with).
+      true_means = None if view.device_params is None else np.asarray(
+          unclipped_mean_messages(model, view, x_p_cat, x_p_num_dev, state.labels))
       for j, r in enumerate(b.runs):
         mech = mechanism(config, r.setting)
         noise = mech["noise_stddev"]
@@ -674,12 +681,10 @@ def message_energy(config, workdir: str) -> list[dict]:
         common.setdefault(r.key, []).append(float(shared[j]))
         push.setdefault(r.key, []).append(mean_message_over_c(
             float(np.sum(np.square(sent_mean[j]))), noise, released, d, math.sqrt(c2)))
-        if view.device_params is None:  # knowledge 'none': no device params
+        if true_means is None:
           unclipped.setdefault(r.key, []).append((math.nan, math.nan))
         else:
-          true_mean = np.asarray(unclipped_mean_message(
-              model, jax.tree.map(lambda a: a[j], view), x_p_cat, x_p_num_dev,
-              state.labels[j]))
+          true_mean = true_means[j]
           unclipped.setdefault(r.key, []).append(
               (float(np.linalg.norm(true_mean)) / math.sqrt(c2),
                float(sent_mean[j] @ true_mean / max(
