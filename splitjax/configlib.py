@@ -131,7 +131,8 @@ def base_config() -> ml_collections.ConfigDict:
       hybrid=True, beta_start=2.0, beta_end=200.0))
 
   # Sweeps (scripts/sweep.py): a grid of settings x seeds, seeds aggregated.
-  # The settings: no defence; per-record clipping to defence.clip_norm plus
+  # The settings: no defence; per-record clipping to defence.clip_norm alone
+  # (clip_only: no noise, so epsilon inf); per-record clipping plus
   # Gaussian noise at each sigma (or at the sigma calibrated to each target
   # epsilon); label DP alone at each epsilon_label; clip + noise with label
   # DP, every noise setting at each of noise_with_label_epsilons; and a
@@ -140,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.sweep = ml_collections.ConfigDict()
   c.sweep.seeds = (0, 1, 2)
   c.sweep.undefended = True
+  c.sweep.clip_only = False
   c.sweep.server_only = True
   c.sweep.noise_multipliers = ()
   c.sweep.target_epsilons = ()
@@ -321,7 +323,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 # Fields added after results were committed: at these values they change
 # nothing, and the hash leaves them out, so that those results keep theirs.
 _ADDED = {"data": {"balance_classes": False},
-          "sweep": {"noise_with_label_epsilons": ()},
+          "sweep": {"noise_with_label_epsilons": (), "clip_only": False},
           "train": {"server_optimizer": "adam", "device_optimizer": "adam"}}
 
 

@@ -318,6 +318,7 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
 
   names = tuple(config.attack.names)
   none = next((r for r in rows if r["defence"] == "none"), None)
+  clip = next((r for r in rows if r["defence"] == "clip"), None)
   so = next((r for r in rows if r["defence"] == "server_only"), None)
   styles = _styles(rows)
 
@@ -330,6 +331,9 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
                   fmt=style, capsize=3, label=label)
   if none:
     ax.axhline(none["test_auc"], color="k", lw=1, label="no defence")
+  if clip:  # epsilon inf: a level, not a point
+    ax.axhline(clip["test_auc"], color="k", ls="--", lw=1,
+               label="clip alone (epsilon inf)")
   if so:
     ax.axhline(so["test_auc"], color="gray", ls=":", lw=1, label="server features only")
   ax.set_xscale("log")

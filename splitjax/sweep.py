@@ -52,7 +52,7 @@ from splitjax.errors import ConfigError
 class Setting:
   """One row of the table: a defence at one strength, under one knowledge."""
   key: str
-  defence: str               # none | noise | label_dp | noise+label_dp | server_only
+  defence: str  # none | clip | noise | label_dp | noise+label_dp | server_only
   knowledge: str
   noise_multiplier: float = 0.0
   target_epsilon: float = 0.0
@@ -77,7 +77,9 @@ class Batch(NamedTuple):
   runs: tuple[Run, ...]
 
 
-# The defences that clip and noise the cut-layer gradients.
+# The defences that clip the cut-layer gradients, and those that also noise
+# them ('clip' alone releases the clipped gradients exactly: epsilon inf).
+CLIPPED = ("clip", "noise", "noise+label_dp")
 NOISY = ("noise", "noise+label_dp")
 
 
@@ -96,6 +98,8 @@ def grid(config) -> list[Setting]:
       out.append(Setting(prefix + "server_only", "server_only", k))
     if sw.undefended:
       out.append(Setting(prefix + "none", "none", k))
+    if sw.clip_only:
+      out.append(Setting(prefix + "clip_only", "clip", k))
     noise = [Setting(f"{prefix}noise_sigma{_fmt(sigma)}", "noise", k,
                      noise_multiplier=float(sigma)) for sigma in sw.noise_multipliers]
     for eps in sw.target_epsilons:
@@ -115,9 +119,9 @@ def grid(config) -> list[Setting]:
             s, key=f"{s.key}_label_eps{_fmt(eps)}", defence="noise+label_dp",
             label_epsilon=float(eps)))
   if not any(s.defence != "server_only" for s in out):
-    raise ConfigError("sweep: no settings to attack; set sweep.undefended or give "
-                      "sweep.noise_multipliers, sweep.target_epsilons or "
-                      "sweep.label_epsilons")
+    raise ConfigError("sweep: no settings to attack; set sweep.undefended or "
+                      "sweep.clip_only, or give sweep.noise_multipliers, "
+                      "sweep.target_epsilons or sweep.label_epsilons")
   return out
 
 
@@ -175,7 +179,7 @@ def mechanism(config, setting: Setting) -> dict:
   """The Setting fields (training.Setting) of a sweep setting."""
   c = config.defence.clip_norm
   noisy = setting.defence in NOISY
-  return dict(clip_norm=c if noisy else 0.0,
+  return dict(clip_norm=c if setting.defence in CLIPPED else 0.0,
               noise_stddev=setting.noise_multiplier * c if noisy else 0.0,
               noise_multiplier=setting.noise_multiplier if noisy else 0.0,
               label_epsilon=setting.label_epsilon)
@@ -188,7 +192,7 @@ def _accounting(config, spec, setting: Setting, cache: dict) -> list[dict]:
     d = config.defence
     cache[key] = accounting.report(
         clip_norm=d.clip_norm, noise_multiplier=mech["noise_multiplier"],
-        clip=setting.defence in NOISY, label_epsilon_=mech["label_epsilon"],
+        clip=setting.defence in CLIPPED, label_epsilon_=mech["label_epsilon"],
         num_classes=spec.model.num_classes, num_epochs=config.train.num_epochs,
         batch_size=spec.batch_size if spec.mode == "sl" else spec.client_batch_size,
         num_train=spec.num_train if spec.mode == "sl" else spec.records_per_client,

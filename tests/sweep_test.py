@@ -156,18 +156,26 @@ def _assert_plots(folder, names):
 
 
 def test_vmapped_and_one_by_one_settings_give_the_same_numbers(tmp_path):
-  together = sweep.run(_grid_config(sweep__plots=True), str(tmp_path / "together"))
+  together = sweep.run(_grid_config(sweep__plots=True, sweep__clip_only=True),
+                       str(tmp_path / "together"))
   _assert_plots(tmp_path / "together", ["auc_vs_epsilon.png", "attack_vs_epsilon.png",
                                         "accuracy_over_epochs.png"])
-  one_by_one = sweep.run(_grid_config(sweep__max_group_size=1), str(tmp_path / "alone"))
+  one_by_one = sweep.run(_grid_config(sweep__max_group_size=1, sweep__clip_only=True),
+                         str(tmp_path / "alone"))
   assert [r["setting"] for r in together] == [
-      "server_only", "none", "noise_sigma0.5", "noise_sigma2", "label_eps1"]
+      "server_only", "none", "clip_only", "noise_sigma0.5", "noise_sigma2", "label_eps1"]
   assert_rows_close(together, one_by_one)
   undefended = together[1]
   # Sanity of the numbers themselves: no defence means exact recovery.
   assert undefended["exact/p_cat_0"] == 1.0 and undefended["exact/label"] == 1.0
   assert math.isinf(undefended["epsilon_total"])
-  assert together[2]["epsilon_pld"] > together[3]["epsilon_pld"]
+  # The clip alone: clipped to C, no noise, so no finite epsilon and no
+  # ceiling below 1 (its messages' norms: the message_energy test).
+  clip = together[2]
+  assert (clip["defence"], clip["clip_norm"], clip["noise_multiplier"]) == ("clip", 0.1, 0.0)
+  assert math.isinf(clip["epsilon_pld"]) and math.isinf(clip["epsilon_total"])
+  assert clip["ceiling/p_cat_0"] == 1.0 and clip["ceiling/label"] == 1.0
+  assert together[3]["epsilon_pld"] > together[4]["epsilon_pld"]
   # A run whose test accuracy sits more than 0.05 below always guessing the
   # test split's most frequent class (its share in the JSON) is named under
   # the first table. This tiny model's seed 1 is near that share even
@@ -188,13 +196,13 @@ def test_vmapped_and_one_by_one_settings_give_the_same_numbers(tmp_path):
   # Known answers: 0.051 below is named, 0.049 below is not.
   rows = [dict(r, per_seed=dict(r["per_seed"], test_accuracy=[share, share]))
           for r in together]
-  rows[2]["per_seed"]["test_accuracy"] = [share - 0.051, share - 0.049]
+  rows[3]["per_seed"]["test_accuracy"] = [share - 0.051, share - 0.049]
   assert report.below_majority(rows, share) == [
       f"noise_sigma0.5 seed 0 (test accuracy {share - 0.051:.4f})"]
   md = report.to_markdown(rows, ds.schema, c, held, share)
   assert (f"in test accuracy: noise_sigma0.5 seed 0 (test accuracy {share - 0.051:.4f}). "
           in md)
-  rows[2]["per_seed"]["test_accuracy"] = [share, share]
+  rows[3]["per_seed"]["test_accuracy"] = [share, share]
   assert "Below always guessing" not in report.to_markdown(rows, ds.schema, c, held, share)
 
 
@@ -286,15 +294,18 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
   # 1e-3 the noise is negligible, so the estimate lies in (0, 1]; at sigma 2
   # the raw energy is d sigma^2 = 32 C^2 above it, and the estimate must
   # still land in [0, 1] within 4 of its standard errors. Undefended, the
-  # gradients are not clipped and carry energy of their own.
+  # gradients are not clipped and carry energy of their own. The clip alone
+  # (sweep.clip_only) sends clip(g) exactly: no noise to take off.
   # Batches of at most 2 runs (sweep.max_group_size), as a sweep's.
   c = _grid_config(sweep__noise_multipliers=(1e-3, 2.0), sweep__label_epsilons=(),
-                   sweep__seeds=(0,), sweep__max_group_size=2)
+                   sweep__seeds=(0,), sweep__max_group_size=2, sweep__clip_only=True)
   rows = sweep.message_energy(c, str(tmp_path))
   by = {(r["setting"], r["epoch"]): r for r in rows}
-  assert sorted(by) == [(k, e) for k in ("noise_sigma0.001", "noise_sigma2", "none")
-                        for e in (1, 2)]
+  assert sorted(by) == [(k, e) for k in ("clip_only", "noise_sigma0.001", "noise_sigma2",
+                                         "none") for e in (1, 2)]
   for e in (1, 2):
+    assert 0.5 < by["clip_only", e]["signal_over_c2"] <= 1 + 1e-5, by
+    assert by["clip_only", e]["noise_se"] == 0.0
     assert 0 < by["noise_sigma0.001", e]["signal_over_c2"] <= 1 + 1e-4, by
     assert by["noise_sigma0.001", e]["noise_se"] < 1e-4
     r = by["noise_sigma2", e]
@@ -432,12 +443,14 @@ def test_mean_message_takes_the_noise_off():
 
 def test_a_field_added_at_its_neutral_value_keeps_the_config_hash():
   # Committed results carry the hash of configs without
-  # sweep.noise_with_label_epsilons, the towers' optimisers and
-  # data.balance_classes; at (), 'adam' and False (what every committed
-  # result used) they are left out of the hash, and any other value counts.
+  # sweep.noise_with_label_epsilons, the towers' optimisers,
+  # data.balance_classes and sweep.clip_only; at (), 'adam' and False (what
+  # every committed result used) they are left out of the hash, and any
+  # other value counts.
   c = _grid_config()
   before = c.to_dict()
   del before["sweep"]["noise_with_label_epsilons"]
+  del before["sweep"]["clip_only"]
   del before["data"]["balance_classes"]
   for name in ("server_optimizer", "device_optimizer"):
     del before["train"][name]
@@ -449,6 +462,8 @@ def test_a_field_added_at_its_neutral_value_keeps_the_config_hash():
   c = _grid_config(train__server_optimizer="sgd")
   assert configlib.config_hash(c) != old
   c = _grid_config(data__balance_classes=True)
+  assert configlib.config_hash(c) != old
+  c = _grid_config(sweep__clip_only=True)
   assert configlib.config_hash(c) != old
 
 
