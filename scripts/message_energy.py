@@ -16,7 +16,10 @@ message's norm before clipping, and per unit of the head's first layer the
 server's part of the pre-activation |h W_h + b| beside a wrong candidate's
 swing |(p' - p) W_p|, with the part's factors ||h|| and ||W_h||_F (for
 candidate spaces of at most 4,096;
-splitjax/sweep.py: message_energy). Each batch's figures are kept in
+splitjax/sweep.py: message_energy). Under them, the same epoch's messages
+split by the sent label's class: each class's share of the records, the
+share whose true message is longer than C, and the class's part of the mean
+message, as sent and before the defence. Each batch's figures are kept in
 energy_batches/ as it finishes, so a killed run, rerun with the same config
 and workdir, trains only what is missing. A workdir that already holds a
 result, or another config's, is refused.

@@ -546,26 +546,67 @@ def mean_message_over_c(mean_sq: float, noise_stddev: float, num: int, dim: int,
   return math.sqrt(max(mean_sq - dim * noise_stddev ** 2 / num, 0.0)) / clip_norm
 
 
-@functools.partial(jax.jit, static_argnames="model")
-def unclipped_mean_messages(model, view, x_p_cat, x_p_num, labels) -> jax.Array:
-  """Per run [R, d], of a view stacked over R runs (labels [R, N]): the mean
-  over an epoch's released records of the true message g_i = dl_i/dh_i before
-  the defence, recomputed from the view's device params (each record's own,
-  by `param_index`) and the record's x_p and sent label: the evaluator's,
-  since it reads x_p. Its sum is W_h times the device's first-layer bias
-  gradient, which the device alone drives to zero."""
+class ClassSums(NamedTuple):
+  """Sums over an epoch's released records of each class k of the sent
+  label, per run: [R, K, d] or [R, K]."""
+  sent: jax.Array     # the messages as sent, m_i
+  true: jax.Array     # the true messages before the defence, g_i = dl_i/dh_i
+  count: jax.Array    # the records
+  over: jax.Array     # the records with ||g_i|| > C, whose message the clip shrinks
+
+
+# message_energy's figures per class of the sent label (`_class_figures`).
+_BY_CLASS = ("share", "over_c", "sent_part", "true_part")
+
+
+def _class_figures(sums: ClassSums, noise_stddev: float, released: int, dim: int,
+                   clip_norm: float) -> list[list[float]]:
+  """Per class k, one run's ClassSums as _BY_CLASS's figures: the records'
+  share N_k / N; the share of them with ||g_i|| > C (nan for no records);
+  and the class's part of the epoch's mean message over C, as sent,
+  ||sum_k m_i|| / (N C) (less the noise's expected d (sigma C)^2 N_k in the
+  squared sum, floored at zero), and before the defence, ||sum_k g_i|| / (N C).
+  Undefended the two parts are equal; as vectors, the classes' parts add up
+  to the epoch's mean message."""
+  out = []
+  for sent, true, n, over in zip(*sums):
+    n = float(n)
+    sent_sq = float(np.sum(np.square(sent)))
+    out.append([n / released, float(over) / n if n else math.nan,
+                math.sqrt(max(sent_sq - dim * noise_stddev ** 2 * n, 0.0))
+                / (released * clip_norm),
+                float(np.linalg.norm(true)) / (released * clip_norm)])
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("model", "num_classes"))
+def class_sums(model, view, x_p_cat, x_p_num, labels, clip_norm: float,
+               num_classes: int) -> ClassSums:
+  """ClassSums of a view stacked over R runs (labels [R, N], the sent
+  ones). The true messages are recomputed from the view's device params
+  (each record's own, by `param_index`) and the record's x_p and sent label:
+  the evaluator's, since it reads x_p. Their sum over every class is W_h
+  times the device's first-layer bias gradient, which the device alone
+  drives to zero; the clip shrinks each class's part of it by a different
+  factor when it binds more often on one class."""
   grad = jax.grad(functools.partial(protocol.record_loss, model), argnums=1)
 
   def run(view, labels):
     def step(args):
-      h, ids, index, params_all = args
+      h, ids, index, params_all, sent = args
       p = model.encode_private(x_p_cat[ids], x_p_num[ids])
       one = lambda h_i, p_i, y_i, pi: grad(jax.tree.map(lambda a: a[pi], params_all),
                                            h_i, p_i, y_i)
-      return jnp.sum(jax.vmap(one)(h, p, labels[ids], index), 0)
+      g = jax.vmap(one)(h, p, labels[ids], index)
+      hot = jax.nn.one_hot(labels[ids], num_classes, dtype=g.dtype)  # [B, K]
+      over = (jnp.linalg.norm(g, axis=-1) > clip_norm).astype(g.dtype)
+      by_class = lambda x: jnp.einsum("bk,b...->k...", hot, x,
+                                      precision=jax.lax.Precision.HIGHEST)
+      return ClassSums(by_class(sent), by_class(g), jnp.sum(hot, 0), by_class(over))
 
-    sums = jax.lax.map(step, (view.h, view.ids, view.param_index, view.device_params))
-    return jnp.sum(sums, 0) / view.ids.size
+    sums = jax.lax.map(step, (view.h, view.ids, view.param_index, view.device_params,
+                              view.messages))
+    return jax.tree.map(lambda a: jnp.sum(a, 0), sums)
 
   return jax.vmap(run)(view, labels)
 
@@ -585,7 +626,9 @@ def message_energy(config, workdir: str) -> list[dict]:
   one class's messages more than the other's pushes it off zero,
   results/bank_marketing/combined/label_dp_split/README.md); beside it the
   same norm of the true messages' mean before the defence, ||mean g|| / C
-  (`unclipped_mean_messages`), and the cosine between the two means. Beside
+  (`class_sums`), and the cosine between the two means; and the same split
+  by the sent label's class (`_class_figures`), with the share of each
+  class's true messages that are longer than C. Beside
   them, what one release tells apart (`exact.separation`; the evaluator reads
   every record's x_p for it), each a mean over the released records: the
   share of wrong x_p candidates (with the sent label) that one release makes
@@ -626,6 +669,7 @@ def message_energy(config, workdir: str) -> list[dict]:
     wd.write_json(os.path.join(workdir, "config.json"),
                   {"config": config.to_dict(), **provenance})
   c2, d = config.defence.clip_norm ** 2, spec.model.server.cut_dim
+  num_classes = spec.model.num_classes
   space = knowledge.candidate_space(dataset.schema,
                                     tuple(config.attack.exact.numeric_grids))
   separable = space.size <= exact.MAX_SEPARATION_CANDIDATES
@@ -639,6 +683,8 @@ def message_energy(config, workdir: str) -> list[dict]:
         or len(r.get("h_common", ())) != config.train.num_epochs
         or len(r.get("bias_push", ())) != config.train.num_epochs
         or len(r.get("unclipped", ())) != config.train.num_epochs
+        or len(r.get("by_class", ())) != config.train.num_epochs
+        or any(len(e) not in (0, num_classes) for e in r.get("by_class", ()))
         or len(r.get("separation", ())) != (config.train.num_epochs if width else 0)
         or any(len(e) != width for e in r.get("separation", ()))
         for r in held[b.id]["runs"]):
@@ -658,6 +704,7 @@ def message_energy(config, workdir: str) -> list[dict]:
   common = {}  # run key -> [per epoch mean over steps of ||mean h||]
   push = {}  # run key -> [per epoch ||mean m|| / C over the epoch's messages]
   unclipped = {}  # run key -> [per epoch (||mean g|| / C, cos(mean m, mean g))]
+  classes = {}  # run key -> [per epoch [per class _BY_CLASS's figures] or []]
   x_p_cat, x_p_num_dev = jnp.asarray(dataset.train.x_p_cat), jnp.asarray(x_p_num)
   apart = {}  # run key -> [per epoch means, in _SEPARATION's order]
   for i, b in enumerate(plan):
@@ -674,10 +721,11 @@ def message_energy(config, workdir: str) -> list[dict]:
           (jnp.mean(jnp.sum(jnp.square(view.messages), -1), (1, 2)),
            jnp.mean(jnp.linalg.norm(jnp.mean(view.h, 2), axis=-1), 1),
            jnp.mean(view.messages, (1, 2))))
-      # Every run's true mean in one program and one transfer (knowledge
-      # 'none' leaves no device params to recompute them with).
-      true_means = None if view.device_params is None else np.asarray(
-          unclipped_mean_messages(model, view, x_p_cat, x_p_num_dev, state.labels))
+      # Every run's class sums in one program and one transfer (knowledge
+      # 'none' leaves no device params to recompute the true messages with).
+      sums = None if view.device_params is None else jax.device_get(class_sums(
+          model, view, x_p_cat, x_p_num_dev, state.labels, config.defence.clip_norm,
+          num_classes))
       for j, r in enumerate(b.runs):
         mech = mechanism(config, r.setting)
         noise = mech["noise_stddev"]
@@ -685,14 +733,17 @@ def message_energy(config, workdir: str) -> list[dict]:
         common.setdefault(r.key, []).append(float(shared[j]))
         push.setdefault(r.key, []).append(mean_message_over_c(
             float(np.sum(np.square(sent_mean[j]))), noise, released, d, math.sqrt(c2)))
-        if true_means is None:
+        if sums is None:
           unclipped.setdefault(r.key, []).append((math.nan, math.nan))
+          classes.setdefault(r.key, []).append([])
         else:
-          true_mean = true_means[j]
+          true_mean = np.sum(sums.true[j], 0) / released
           unclipped.setdefault(r.key, []).append(
               (float(np.linalg.norm(true_mean)) / math.sqrt(c2),
                float(sent_mean[j] @ true_mean / max(
                    np.linalg.norm(sent_mean[j]) * np.linalg.norm(true_mean), 1e-30))))
+          classes.setdefault(r.key, []).append(_class_figures(
+              jax.tree.map(lambda a: a[j], sums), noise, released, d, math.sqrt(c2)))
         if separable:
           sep = exact.separation(model, space, jax.tree.map(lambda a: a[j], view),
                                  true_digits, state.labels[j], float(mech["clip_norm"]),
@@ -712,6 +763,7 @@ def message_energy(config, workdir: str) -> list[dict]:
     held[b.id] = {"batch": b.id, "released": int(released), "runs": [
         {"run": r.key, "signal_over_c2": signal[r.key], "h_common": common[r.key],
          "bias_push": push[r.key], "unclipped": unclipped[r.key],
+         "by_class": classes[r.key],
          "separation": apart.get(r.key, [])}
         for r in b.runs], **provenance}
     wd.write_json(held_path(b), held[b.id])
@@ -721,7 +773,7 @@ def message_energy(config, workdir: str) -> list[dict]:
     for r in held[b.id]["runs"]:
       signal[r["run"]], apart[r["run"]] = r["signal_over_c2"], r["separation"]
       common[r["run"]], push[r["run"]] = r["h_common"], r["bias_push"]
-      unclipped[r["run"]] = r["unclipped"]
+      unclipped[r["run"]], classes[r["run"]] = r["unclipped"], r["by_class"]
   released = held[plan[0].id]["released"]  # records per epoch, the same in every batch
   # A resumed run names every commit its batches ran on.
   provenance = dict(provenance, git_commit="+".join(
@@ -751,6 +803,19 @@ def message_energy(config, workdir: str) -> list[dict]:
         values = [apart[Run(s, int(seed)).key][e][k] for seed in config.sweep.seeds]
         mean, half = report.ci95(values)
         out[-1].update({name: mean, f"{name}_ci95": half, f"{name}_per_seed": values})
+  by_class = []  # per setting, epoch and class of the sent label
+  for s in settings:
+    for e in range(config.train.num_epochs):
+      runs = [classes[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
+      if not all(runs):  # knowledge 'none'
+        continue
+      for k in range(num_classes):
+        by_class.append({"setting": s.key, "epoch": e + 1, "class": k})
+        for f, name in enumerate(_BY_CLASS):
+          values = [run[k][f] for run in runs]
+          mean, half = report.ci95(values)
+          by_class[-1].update({name: mean, f"{name}_ci95": half,
+                               f"{name}_per_seed": values})
   lines = [f"# {config.data.name}: message signal energy, ||clip(g)||^2 / C^2",
            "", f"config {provenance['config_hash']}, commit {provenance['git_commit']}, "
            f"seeds {' '.join(str(s) for s in config.sweep.seeds)}, clip norm "
@@ -787,8 +852,23 @@ def message_energy(config, workdir: str) -> list[dict]:
                  f"{report.mean_ci(r['push_cosine'], r['push_cosine_ci95'], 2)} |"
                  + "".join(f" {report.mean_ci(r[n], r[n + '_ci95'])} |"
                            for n in (_SEPARATION if separable else ())))
+  if by_class:
+    lines += ["", "## By the sent label's class", "",
+              "'share', the class's share of the released records; '||g|| > C', "
+              "the share of them whose true message is longer than C (the clip "
+              "shrinks it, where it clips); 'sent part' and 'true part', the norm "
+              "of the sum of the class's messages as sent (less the noise's part) "
+              "and before the defence, over N C. As vectors, the classes' parts add "
+              "up to the mean message: '||mean m|| / C' and '||mean g|| / C' above.",
+              "",
+              "| setting | epoch | class | share | \\|\\|g\\|\\| > C | sent part | "
+              "true part |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['setting']} | {r['epoch']} | {r['class']} | "
+              + " | ".join(report.mean_ci(r[n], r[n + "_ci95"]) for n in _BY_CLASS) + " |"
+              for r in by_class]
   text = "\n".join(lines) + "\n"
   wd.write_text(os.path.join(workdir, "message_energy.md"), text)
-  wd.write_json(os.path.join(workdir, "message_energy.json"), {"rows": out, **provenance})
+  wd.write_json(os.path.join(workdir, "message_energy.json"),
+                {"rows": out, "by_class": by_class, **provenance})
   print(text)
   return out

@@ -354,6 +354,29 @@ def test_message_energy_reads_the_clipped_signal_under_the_noise(tmp_path):
     assert r["unclipped_mean"] == pytest.approx(r["bias_push"], rel=1e-4), r
     assert r["push_cosine"] > 1 - 1e-5, r
   assert ("\\|\\|mean m\\|\\| / C | \\|\\|mean g\\|\\| / C | cos | ruled out |") in md
+  # By the sent label's class: the shares add to 1. A clipped message is at
+  # most C long, so with no noise a class's sent part is at most its share.
+  # Undefended the sent and true parts are the same. As vectors the two
+  # classes' parts add up to the mean, so their norms bound its norm
+  # (triangle inequality). Nearly every true message is longer than C here.
+  parts = {(r["setting"], r["epoch"], r["class"]): r
+           for r in json.loads((tmp_path / "message_energy.json").read_text())["by_class"]}
+  assert sorted(parts) == sorted((k, e, y) for k, e in by for y in (0, 1))
+  positives = float(np.mean(np.asarray(data.load(c.data).train.y)))  # all released
+  for k, e in by:
+    pair = parts[k, e, 0], parts[k, e, 1]
+    assert pair[0]["share"] + pair[1]["share"] == pytest.approx(1.0, abs=1e-9)
+    assert pair[1]["share"] == pytest.approx(positives, abs=1e-9)
+    assert all(0 < p["share"] < 1 and 0.5 < p["over_c"] <= 1 for p in pair), pair
+    true = [p["true_part"] for p in pair]
+    mean = by[k, e]["unclipped_mean"]
+    assert abs(true[0] - true[1]) <= mean * (1 + 1e-4) + 1e-7 <= sum(true) * (1 + 2e-4) + 2e-7
+    for p in pair:
+      if k == "none":
+        assert p["sent_part"] == pytest.approx(p["true_part"], rel=1e-4), p
+      if k == "clip_only":
+        assert 0 < p["sent_part"] <= p["share"] * (1 + 1e-5), p
+  assert "| setting | epoch | class | share | \\|\\|g\\|\\| > C | sent part | true part |" in md
   with pytest.raises(ConfigError, match="holds"):
     sweep.message_energy(c, str(tmp_path))
   # Resume: each batch's figures were kept as it finished. With the result
