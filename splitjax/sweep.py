@@ -585,7 +585,9 @@ def class_sums(model, view, x_p_cat, x_p_num, labels, clip_norm: float,
   """ClassSums of a view stacked over R runs (labels [R, N], the sent
   ones). The true messages are recomputed from the view's device params
   (each record's own, by `param_index`) and the record's x_p and sent label:
-  the evaluator's, since it reads x_p. Their sum over every class is W_h
+  the evaluator's, since it reads x_p. Under 'stale' knowledge those params
+  are the round's start, not the heads that sent the messages, so the true
+  messages are approximate there. Their sum over every class is W_h
   times the device's first-layer bias gradient, which the device alone
   drives to zero; the clip shrinks each class's part of it by a different
   factor when it binds more often on one class."""

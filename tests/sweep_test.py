@@ -231,6 +231,26 @@ def test_fsl_sweep_over_knowledge_settings_with_a_target_epsilon(tmp_path):
   assert rows["stale/none"]["exact/p_cat_0"] < 0.97
 
 
+def test_message_energy_under_fsl_recomputes_each_clients_messages(tmp_path):
+  # FedAvg with white-box knowledge: each record's message came from its
+  # client's current head (`param_index`), so the recomputed true messages
+  # undefended are the sent ones, class by class. Stale (round-start) heads
+  # did not compute them: the recomputed mean only approximates.
+  c = _grid_config(train__mode="fsl", fsl__num_clients=4, fsl__local_steps=4,
+                   sweep__noise_multipliers=(), sweep__label_epsilons=(),
+                   sweep__seeds=(0,), sweep__knowledge=("white_box", "stale"))
+  rows = sweep.message_energy(c, str(tmp_path))
+  parts = json.loads((tmp_path / "message_energy.json").read_text())["by_class"]
+  assert len(rows) == 4 and len(parts) == 8
+  for r in rows:
+    exact = r["setting"].startswith("white_box/")
+    assert (r["push_cosine"] > 1 - 1e-5) == exact, r
+    assert r["unclipped_mean"] == pytest.approx(r["bias_push"], rel=1e-4 if exact else 0.1)
+  for p in parts:
+    if p["setting"].startswith("white_box/"):
+      assert p["sent_part"] == pytest.approx(p["true_part"], rel=1e-4), p
+
+
 def test_label_only_sweep_without_private_features(tmp_path):
   # The device holds only the label: EXACT and Bayes enumerate the labels
   # alone (this crashed in the candidate encoding before 2026-12-04).
