@@ -134,8 +134,9 @@ def base_config() -> ml_collections.ConfigDict:
   # The settings: no defence; per-record clipping to defence.clip_norm alone
   # (clip_only: no noise, so epsilon inf); per-record clipping plus
   # Gaussian noise at each sigma (or at the sigma calibrated to each target
-  # epsilon); label DP alone at each epsilon_label; clip + noise with label
-  # DP, every noise setting at each of noise_with_label_epsilons; and a
+  # epsilon); label DP alone at each epsilon_label; every clip setting (the
+  # clip alone and each noise setting) also with label DP at each of
+  # noise_with_label_epsilons; and a
   # server-features-only model. Each knowledge setting is one shape group
   # (its own program).
   c.sweep = ml_collections.ConfigDict()
@@ -301,9 +302,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     values = tuple(getattr(sw, name))
     _need(all(map(defences.label_epsilon_ok, values)), f"sweep.{name}",
           f"each must be <= {defences.MAX_LABEL_EPSILON:g} or inf, got {values}")
-  _need(not sw.noise_with_label_epsilons or sw.noise_multipliers or sw.target_epsilons,
-        "sweep.noise_with_label_epsilons", "adds label DP to the clip + noise "
-        "settings, and sweep.noise_multipliers and sweep.target_epsilons are empty")
+  _need(not sw.noise_with_label_epsilons or sw.noise_multipliers or sw.target_epsilons
+        or sw.clip_only, "sweep.noise_with_label_epsilons", "adds label DP to the "
+        "clip settings, and sweep.clip_only is False and sweep.noise_multipliers and "
+        "sweep.target_epsilons are empty")
   for k in sw.knowledge:
     _need(k in KNOWLEDGE, "sweep.knowledge",
           f"unknown {k!r}; known: {list(KNOWLEDGE)}")

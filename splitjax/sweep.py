@@ -52,7 +52,8 @@ from splitjax.errors import ConfigError
 class Setting:
   """One row of the table: a defence at one strength, under one knowledge."""
   key: str
-  defence: str  # none | clip | noise | label_dp | noise+label_dp | server_only
+  defence: str  # none | clip | noise | label_dp | clip+label_dp | noise+label_dp
+  #                | server_only
   knowledge: str
   noise_multiplier: float = 0.0
   target_epsilon: float = 0.0
@@ -79,7 +80,7 @@ class Batch(NamedTuple):
 
 # The defences that clip the cut-layer gradients, and those that also noise
 # them ('clip' alone releases the clipped gradients exactly: epsilon inf).
-CLIPPED = ("clip", "noise", "noise+label_dp")
+CLIPPED = ("clip", "clip+label_dp", "noise", "noise+label_dp")
 NOISY = ("noise", "noise+label_dp")
 
 
@@ -98,8 +99,8 @@ def grid(config) -> list[Setting]:
       out.append(Setting(prefix + "server_only", "server_only", k))
     if sw.undefended:
       out.append(Setting(prefix + "none", "none", k))
-    if sw.clip_only:
-      out.append(Setting(prefix + "clip_only", "clip", k))
+    clipped = [Setting(prefix + "clip_only", "clip", k)] if sw.clip_only else []
+    out += clipped
     noise = [Setting(f"{prefix}noise_sigma{_fmt(sigma)}", "noise", k,
                      noise_multiplier=float(sigma)) for sigma in sw.noise_multipliers]
     for eps in sw.target_epsilons:
@@ -111,12 +112,12 @@ def grid(config) -> list[Setting]:
     for eps in sw.label_epsilons:
       out.append(Setting(f"{prefix}label_eps{_fmt(eps)}", "label_dp", k,
                          label_epsilon=float(eps)))
-    # Both defences: each noise setting (its target epsilon is the cut
-    # layer's alone) with label DP at each of these.
-    for s in noise:
+    # Both defences: each clip setting, with noise or without (its target
+    # epsilon is the cut layer's alone), with label DP at each of these.
+    for s in clipped + noise:
       for eps in sw.noise_with_label_epsilons:
         out.append(dataclasses.replace(
-            s, key=f"{s.key}_label_eps{_fmt(eps)}", defence="noise+label_dp",
+            s, key=f"{s.key}_label_eps{_fmt(eps)}", defence=f"{s.defence}+label_dp",
             label_epsilon=float(eps)))
   if not any(s.defence != "server_only" for s in out):
     raise ConfigError("sweep: no settings to attack; set sweep.undefended or "

@@ -254,16 +254,17 @@ def test_message_energy_under_fsl_recomputes_each_clients_messages(tmp_path):
 def test_label_only_sweep_without_private_features(tmp_path):
   # The device holds only the label: EXACT and Bayes enumerate the labels
   # alone (this crashed in the candidate encoding before 2026-12-04).
-  # Clip + noise also runs with label DP on top (noise_with_label_epsilons).
+  # The clip alone and clip + noise also run with label DP on top
+  # (noise_with_label_epsilons).
   rows = sweep.run(_grid_config(data__private_features=(), sweep__label_epsilons=(1.0,),
-                                sweep__noise_multipliers=(2.0,),
+                                sweep__noise_multipliers=(2.0,), sweep__clip_only=True,
                                 sweep__noise_with_label_epsilons=(1.0,), sweep__plots=True),
                    str(tmp_path))
   _assert_plots(tmp_path, ["auc_vs_epsilon.png", "attack_vs_epsilon.png",
                            "accuracy_over_epochs.png"])  # The label panel alone.
   by = {r["setting"]: r for r in rows}
-  assert list(by) == ["server_only", "none", "noise_sigma2", "label_eps1",
-                      "noise_sigma2_label_eps1"]
+  assert list(by) == ["server_only", "none", "clip_only", "noise_sigma2", "label_eps1",
+                      "clip_only_label_eps1", "noise_sigma2_label_eps1"]
   undefended = by["none"]
   assert undefended["exact/label"] == 1.0 and undefended["bayes_exact/label"] == 1.0
   assert not any(k.startswith("exact/p_cat") for k in undefended)
@@ -278,6 +279,15 @@ def test_label_only_sweep_without_private_features(tmp_path):
   assert both["epsilon_total"] == pytest.approx(noise["epsilon_pld"] + 1.0)
   assert both["ceiling/label"] <= min(noise["ceiling/label"], label["ceiling/label"]) + 1e-6
   assert both["ceiling/label"] < noise["ceiling/label"] - 0.01, (both, noise)
+  # The clip without noise bounds nothing: with label DP, the label's
+  # ceiling and the total epsilon are label DP's alone (inf on the cut layer).
+  clip = by["clip_only_label_eps1"]
+  assert (clip["defence"], clip["clip_norm"], clip["noise_multiplier"],
+          clip["label_epsilon"]) == ("clip+label_dp", noise["clip_norm"], 0.0, 1.0)
+  assert math.isinf(clip["epsilon_pld"]) and math.isinf(clip["epsilon_total"])
+  assert clip["epsilon_label"] == label["epsilon_label"]
+  assert clip["ceiling/label"] == pytest.approx(label["ceiling/label"], abs=1e-9)
+  assert by["clip_only"]["ceiling/label"] == 1.0
 
 
 def test_a_private_numeric_is_tabled_by_mae_and_by_its_audited_rate(tmp_path):
@@ -451,8 +461,8 @@ def test_sweep_config_errors(tmp_path):
     sweep.run(c, str(tmp_path / "c"))
   c = _grid_config(sweep__noise_multipliers=(), sweep__noise_with_label_epsilons=(1.0,))
   with pytest.raises(ConfigError, match=r"sweep.noise_with_label_epsilons: adds label "
-                     r"DP to the clip \+ noise settings, and sweep.noise_multipliers "
-                     r"and sweep.target_epsilons are empty"):
+                     r"DP to the clip settings, and sweep.clip_only is False and "
+                     r"sweep.noise_multipliers and sweep.target_epsilons are empty"):
     sweep.run(c, str(tmp_path / "d"))
   c = _grid_config(sweep__noise_with_label_epsilons=(3.0, 12.0))
   with pytest.raises(ConfigError, match=r"sweep.noise_with_label_epsilons: each must "
