@@ -390,9 +390,12 @@ def _step_scores(model, p, clip_norm, metric, num_labels, view_step, mm):
 
 
 # Ties. Under clipping, every candidate that shares the true one's ReLU pattern
-# and label sign sends the same clipped message, so EXACT's minimum is often
-# tied exactly, and float rounding (which differs between vmapped, sharded and
-# single programs and between chunk sizes) would break the tie. Scores within
+# and label sign sends a message in the same direction, and where both are
+# longer than C the same clipped message (where the truth's is shorter, its
+# length still tells most of them apart: results/*/clip_only/message_energy/),
+# so EXACT's minimum is often tied exactly, and float rounding (which differs
+# between vmapped, sharded and single programs and between chunk sizes) would
+# break the tie. Scores within
 # `_tolerance` of the best count as tied, and a fixed pseudo-random order of
 # each record's candidates picks among them: the same pick in every program,
 # and uniform over the tied set, so the reported accuracy is that of an
