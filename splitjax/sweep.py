@@ -188,7 +188,7 @@ def mechanism(config, setting: Setting) -> dict:
 
 def _accounting(config, spec, setting: Setting, cache: dict) -> list[dict]:
   mech = mechanism(config, setting)
-  key = (mech["noise_multiplier"], mech["label_epsilon"])
+  key = (setting.defence in CLIPPED, mech["noise_multiplier"], mech["label_epsilon"])
   if key not in cache:
     d = config.defence
     cache[key] = accounting.report(
