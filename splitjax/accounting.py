@@ -199,11 +199,16 @@ def calibrate_noise_multiplier(target_epsilon: float, num_epochs: int, delta: fl
   if not target_epsilon > 0:
     raise ConfigError(f"defence.target_epsilon: must be > 0, got {target_epsilon}")
   make_event = lambda sigma: cut_layer_event(sigma, num_epochs)
-  # One PLD grid for the whole search: the step at its smallest sigma, the
-  # coarsest, so every epsilon it compares is at least `epsilon`'s.
-  calibrate = lambda name, lo, hi: float(dp_accounting.calibrate_dp_mechanism(
-      lambda: _accountant(name, _pld_step(make_event(lo), delta)), make_event,
-      target_epsilon, delta, dp_accounting.ExplicitBracketInterval(lo, hi), tol=1e-4))
+
+  def calibrate(name: str, lo: float, hi: float) -> float:
+    # One PLD grid for the whole search: the step at its smallest sigma, the
+    # coarsest, so every epsilon it compares is at least `epsilon`'s. It is
+    # sized once, not for each accountant the search makes.
+    step = _pld_step(make_event(lo), delta) if name == "pld" else PLD_STEP
+    return float(dp_accounting.calibrate_dp_mechanism(
+        lambda: _accountant(name, step), make_event, target_epsilon, delta,
+        dp_accounting.ExplicitBracketInterval(lo, hi), tol=1e-4))
+
   reach = epsilon(make_event(upper), delta, accountant)
   if not reach <= target_epsilon:
     raise ConfigError(
