@@ -539,11 +539,13 @@ _SEPARATION = ("ruled_out", "pattern_differs", "norm_over_c", "server_part",
                "private_swing", "h_norm", "w_h_norm")
 
 
-def mean_message_over_c(mean_sq: float, noise_stddev: float, num: int, dim: int,
+def mean_message_over_c(mean_sq: float, noise_stddev: float, num: float, dim: int,
                         clip_norm: float) -> float:
   """||mean clip(g)|| / C from ||mean m||^2, the squared norm of the mean of
   `num` messages as sent: their noise adds dim noise_stddev^2 / num to it in
-  expectation, taken off here (floored at zero)."""
+  expectation, taken off here (floored at zero). `num` need not be whole: a
+  class's part of the mean (`_class_figures`) carries the noise of N^2 / N_k
+  messages."""
   return math.sqrt(max(mean_sq - dim * noise_stddev ** 2 / num, 0.0)) / clip_norm
 
 
@@ -572,10 +574,12 @@ def _class_figures(sums: ClassSums, noise_stddev: float, released: int, dim: int
   out = []
   for sent, true, n, over in zip(*sums):
     n = float(n)
-    sent_sq = float(np.sum(np.square(sent)))
-    out.append([n / released, float(over) / n if n else math.nan,
-                math.sqrt(max(sent_sq - dim * noise_stddev ** 2 * n, 0.0))
-                / (released * clip_norm),
+    # sum_k m_i / N is a mean of N terms of which N_k carry noise: its noise
+    # is that of a mean of N^2 / N_k noisy messages.
+    mean_sq = float(np.sum(np.square(np.float64(sent) / released)))
+    part = mean_message_over_c(mean_sq, noise_stddev, released ** 2 / n, dim,
+                               clip_norm) if n else 0.0
+    out.append([n / released, float(over) / n if n else math.nan, part,
                 float(np.linalg.norm(true)) / (released * clip_norm)])
   return out
 
