@@ -70,6 +70,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.device_learning_rate = 1e-3
   c.train.server_optimizer = "adam"  # OPTIMIZERS
   c.train.device_optimizer = "adam"
+  # Decoupled weight decay lambda: each step also takes lr * lambda * theta
+  # off the tower's params (training._optimizer); 0 is off.
+  c.train.server_weight_decay = 0.0
+  c.train.device_weight_decay = 0.0
   c.train.eval_batch_size = 8192  # test rows per chunk, summed over the settings vmapped together
   c.train.server_only_baseline = True
 
@@ -231,6 +235,14 @@ def check(config: ml_collections.ConfigDict) -> None:
   for name in ("server_learning_rate", "device_learning_rate"):
     _need(getattr(t, name) > 0, f"train.{name}",
           f"must be positive, got {getattr(t, name)}")
+  for name in ("server_weight_decay", "device_weight_decay"):
+    value = getattr(t, name)
+    _need(math.isfinite(value) and value >= 0, f"train.{name}",
+          f"must be finite and >= 0 (0 is off), got {value}")
+    rate = getattr(t, name.replace("weight_decay", "learning_rate"))
+    _need(rate * value < 1, f"train.{name}",
+          f"{value} x the learning rate {rate} must be under 1: each step "
+          "takes that share of every param off")
   for name in ("server_optimizer", "device_optimizer"):
     _need(getattr(t, name) in OPTIMIZERS, f"train.{name}",
           f"unknown {getattr(t, name)!r}; known: {list(OPTIMIZERS)}")
@@ -326,7 +338,8 @@ def check(config: ml_collections.ConfigDict) -> None:
 # nothing, and the hash leaves them out, so that those results keep theirs.
 _ADDED = {"data": {"balance_classes": False},
           "sweep": {"noise_with_label_epsilons": (), "clip_only": False},
-          "train": {"server_optimizer": "adam", "device_optimizer": "adam"}}
+          "train": {"server_optimizer": "adam", "device_optimizer": "adam",
+                    "server_weight_decay": 0.0, "device_weight_decay": 0.0}}
 
 
 def _hashed(tree: dict) -> dict:

@@ -78,10 +78,19 @@ def seed_keys(seed: jax.Array) -> _Keys:
   return _Keys(*jax.random.split(jax.random.key(seed), 5))
 
 
-def _optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
+def _optimizer(name: str, learning_rate: float,
+               weight_decay: float = 0.0) -> optax.GradientTransformation:
   """'adam' or 'sgd' (plain: its step scales with the gradient, where Adam's
-  is about the learning rate whatever the gradient's size)."""
-  return {"adam": optax.adam, "sgd": optax.sgd}[name](learning_rate)
+  is about the learning rate whatever the gradient's size). A weight decay
+  lambda > 0 takes learning_rate * lambda * theta off every param at each
+  step on top of the optimiser's step, decoupled from the gradient
+  (optax.adamw; for SGD, whose step is the gradient's, that is L2
+  regularisation); at 0 the optimiser is the plain one."""
+  if not weight_decay:
+    return {"adam": optax.adam, "sgd": optax.sgd}[name](learning_rate)
+  if name == "adam":
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +105,8 @@ class TrainSpec:
   device_learning_rate: float = 1e-3
   server_optimizer: str = "adam"  # configlib.OPTIMIZERS
   device_optimizer: str = "adam"
+  server_weight_decay: float = 0.0
+  device_weight_decay: float = 0.0
   num_clients: int = 1
   local_steps: int = 1
   client_batch_size: int = 32
@@ -105,11 +116,13 @@ class TrainSpec:
 
   @property
   def server_opt(self) -> optax.GradientTransformation:
-    return _optimizer(self.server_optimizer, self.server_learning_rate)
+    return _optimizer(self.server_optimizer, self.server_learning_rate,
+                      self.server_weight_decay)
 
   @property
   def device_opt(self) -> optax.GradientTransformation:
-    return _optimizer(self.device_optimizer, self.device_learning_rate)
+    return _optimizer(self.device_optimizer, self.device_learning_rate,
+                      self.device_weight_decay)
 
   @property
   def records_per_client(self) -> int:
@@ -155,6 +168,8 @@ def make_spec(config, model: SplitModel, train: Arrays) -> TrainSpec:
       device_learning_rate=config.train.device_learning_rate,
       server_optimizer=config.train.server_optimizer,
       device_optimizer=config.train.device_optimizer,
+      server_weight_decay=config.train.server_weight_decay,
+      device_weight_decay=config.train.device_weight_decay,
       num_clients=config.fsl.num_clients if config.train.mode == "fsl" else 1,
       local_steps=config.fsl.local_steps,
       client_batch_size=config.fsl.client_batch_size,

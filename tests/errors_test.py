@@ -156,6 +156,14 @@ CASES = {
     "optimizer_unknown": (
         lambda t: small_config(train__server_optimizer="adamw"),
         ConfigError, r"train.server_optimizer: unknown 'adamw'; known: \['adam', 'sgd'\]"),
+    "weight_decay_negative": (
+        lambda t: small_config(train__device_weight_decay=-0.1),
+        ConfigError, r"train.device_weight_decay: must be finite and >= 0 \(0 is off\), "
+                     r"got -0.1"),
+    "weight_decay_too_large": (
+        lambda t: small_config(train__server_weight_decay=1000.0),
+        ConfigError, r"train.server_weight_decay: 1000.0 x the learning rate 0.001 must "
+                     r"be under 1"),
     "exact_metric_unknown": (  # Found only after training until 2026-12-04.
         lambda t: small_config(attack__exact__metric="cos"),
         ConfigError, r"attack.exact.metric: unknown 'cos'; known: \['l2', 'cosine'\]"),

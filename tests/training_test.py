@@ -106,6 +106,27 @@ def test_each_tower_takes_its_configured_optimizer():
   np.testing.assert_allclose(step(spec.device_opt), -0.01 * jnp.sign(g), rtol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_weight_decay_takes_lr_times_lambda_of_each_param_per_step(name):
+  # Known answers on params theta: with a zero gradient both optimisers'
+  # own step is 0, so the decay alone moves theta by -lr lambda theta; with a
+  # gradient the step is the optimiser's own plus that. At lambda 0 the
+  # transform is the plain optimiser's, step for step.
+  c = small_config(train__server_optimizer=name, train__server_learning_rate=0.1,
+                   train__server_weight_decay=2.0)
+  ds = data.load(c.data)
+  spec = training.make_spec(c, models.make_model(ds.schema, c.model), ds.train)
+  plain = training._optimizer(name, 0.1)
+  theta, g = jnp.array([1.0, -3.0, 0.25]), jnp.array([2.0, -1e-3, 0.5])
+  step = lambda opt, grad: opt.update(grad, opt.init(theta), theta)[0]
+  np.testing.assert_allclose(step(spec.server_opt, jnp.zeros(3)), -0.2 * theta, rtol=1e-6)
+  np.testing.assert_allclose(step(spec.server_opt, g), step(plain, g) - 0.2 * theta,
+                             rtol=1e-6)
+  zero = training._optimizer(name, 0.1, 0.0)
+  np.testing.assert_array_equal(step(zero, g), step(plain, g))
+  assert spec.device_weight_decay == 0.0
+
+
 def test_binary_auc_matches_pairwise_definition():
   rng = np.random.default_rng(0)
   s = rng.integers(0, 5, 300).astype(np.float32)  # many ties
