@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.server_hidden = (256, 256)
   c.model.embed_dim = 8
   c.model.cut_dim = 64
+  # Normalise each record's h over its coordinates (models.ServerTower):
+  # ||h|| = sqrt(cut_dim), a server tower that cannot lengthen h.
+  c.model.cut_layer_norm = False
   c.model.device_hidden = (128,)
   c.model.private_encoding = "one_hot"
   c.model.private_embed_dim = 8
@@ -337,6 +340,7 @@ def check(config: ml_collections.ConfigDict) -> None:
 # Fields added after results were committed: at these values they change
 # nothing, and the hash leaves them out, so that those results keep theirs.
 _ADDED = {"data": {"balance_classes": False},
+          "model": {"cut_layer_norm": False},
           "sweep": {"noise_with_label_epsilons": (), "clip_only": False},
           "train": {"server_optimizer": "adam", "device_optimizer": "adam",
                     "server_weight_decay": 0.0, "device_weight_decay": 0.0}}

@@ -20,11 +20,17 @@ from splitjax.data.schema import Schema
 
 
 class ServerTower(nn.Module):
-  """f_s: embeds server categoricals, concatenates numerics, MLP to the cut."""
+  """f_s: embeds server categoricals, concatenates numerics, MLP to the cut.
+
+  With `cut_layer_norm` each record's h is normalised over its d coordinates
+  (zero mean, unit variance; no learned scale or offset), so ||h|| is
+  sqrt(d) whatever the tower's weights: a tower that cannot lengthen h.
+  """
   vocab_sizes: tuple[int, ...]
   embed_dim: int
   hidden: tuple[int, ...]
   cut_dim: int
+  cut_layer_norm: bool = False
 
   @nn.compact
   def __call__(self, x_cat: jax.Array, x_num: jax.Array) -> jax.Array:
@@ -33,7 +39,10 @@ class ServerTower(nn.Module):
     x = jnp.concatenate(parts + [x_num], axis=-1)
     for i, width in enumerate(self.hidden):
       x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
-    return nn.Dense(self.cut_dim, name="cut")(x)
+    h = nn.Dense(self.cut_dim, name="cut")(x)
+    if self.cut_layer_norm:
+      h = nn.LayerNorm(use_bias=False, use_scale=False, name="cut_norm")(h)
+    return h
 
 
 class DeviceHead(nn.Module):
@@ -119,7 +128,7 @@ def make_model(schema: Schema, model_config) -> SplitModel:
       vocab_sizes=tuple(f.vocab_size for f in schema.server_categorical),
       embed_dim=model_config.embed_dim,
       hidden=tuple(model_config.server_hidden),
-      cut_dim=model_config.cut_dim)
+      cut_dim=model_config.cut_dim, cut_layer_norm=model_config.cut_layer_norm)
   head = DeviceHead(
       private_vocab_sizes=tuple(f.vocab_size for f in schema.private_categorical),
       private_encoding=model_config.private_encoding,

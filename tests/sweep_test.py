@@ -502,14 +502,15 @@ def test_mean_message_takes_the_noise_off():
 def test_a_field_added_at_its_neutral_value_keeps_the_config_hash():
   # Committed results carry the hash of configs without
   # sweep.noise_with_label_epsilons, the towers' optimisers and weight
-  # decays, data.balance_classes and sweep.clip_only; at (), 'adam', 0 and
-  # False (what every committed result used) they are left out of the hash,
-  # and any other value counts.
+  # decays, data.balance_classes, model.cut_layer_norm and sweep.clip_only;
+  # at (), 'adam', 0 and False (what every committed result used) they are
+  # left out of the hash, and any other value counts.
   c = _grid_config()
   before = c.to_dict()
   del before["sweep"]["noise_with_label_epsilons"]
   del before["sweep"]["clip_only"]
   del before["data"]["balance_classes"]
+  del before["model"]["cut_layer_norm"]
   for name in ("server_optimizer", "device_optimizer", "server_weight_decay",
                "device_weight_decay"):
     del before["train"][name]
@@ -525,6 +526,8 @@ def test_a_field_added_at_its_neutral_value_keeps_the_config_hash():
   c = _grid_config(sweep__clip_only=True)
   assert configlib.config_hash(c) != old
   c = _grid_config(train__server_weight_decay=1.0)
+  assert configlib.config_hash(c) != old
+  c = _grid_config(model__cut_layer_norm=True)
   assert configlib.config_hash(c) != old
 
 
