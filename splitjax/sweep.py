@@ -785,44 +785,39 @@ def message_energy(config, workdir: str) -> list[dict]:
   # A resumed run names every commit its batches ran on.
   provenance = dict(provenance, git_commit="+".join(
       dict.fromkeys(held[b.id]["git_commit"] for b in plan)))
+  def over_seeds(name: str, values: list[float]) -> dict:
+    """One figure's seeds as a row's mean, 95 % interval and per-seed list."""
+    mean, half = report.ci95(values)
+    return {name: mean, f"{name}_ci95": half, f"{name}_per_seed": values}
+
+  seeds = lambda store, s, e: [store[Run(s, int(seed)).key][e]
+                               for seed in config.sweep.seeds]
   out = []
   for e in range(config.train.num_epochs):
     for s in settings:
-      values = [signal[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
+      values = seeds(signal, s, e)
       sigma = mechanism(config, s)["noise_multiplier"]
       mean, half = report.ci95(values)
       out.append({"setting": s.key, "epoch": e + 1, "noise_multiplier": sigma,
                   "label_epsilon": s.label_epsilon, "signal_over_c2": mean,
                   "signal_over_c2_ci95": half, "per_seed": values,
                   "noise_se": math.sqrt(2 * d) * sigma ** 2 / math.sqrt(released)})
-      values = [common[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
-      mean, half = report.ci95(values)
-      out[-1].update({"h_common": mean, "h_common_ci95": half, "h_common_per_seed": values})
-      values = [push[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
-      mean, half = report.ci95(values)
-      out[-1].update({"bias_push": mean, "bias_push_ci95": half,
-                      "bias_push_per_seed": values})
+      out[-1].update(over_seeds("h_common", seeds(common, s, e)))
+      out[-1].update(over_seeds("bias_push", seeds(push, s, e)))
       for k, name in enumerate(("unclipped_mean", "push_cosine")):
-        values = [unclipped[Run(s, int(seed)).key][e][k] for seed in config.sweep.seeds]
-        mean, half = report.ci95(values)
-        out[-1].update({name: mean, f"{name}_ci95": half, f"{name}_per_seed": values})
+        out[-1].update(over_seeds(name, [v[k] for v in seeds(unclipped, s, e)]))
       for k, name in enumerate(_SEPARATION if separable else ()):
-        values = [apart[Run(s, int(seed)).key][e][k] for seed in config.sweep.seeds]
-        mean, half = report.ci95(values)
-        out[-1].update({name: mean, f"{name}_ci95": half, f"{name}_per_seed": values})
+        out[-1].update(over_seeds(name, [v[k] for v in seeds(apart, s, e)]))
   by_class = []  # per setting, epoch and class of the sent label
   for s in settings:
     for e in range(config.train.num_epochs):
-      runs = [classes[Run(s, int(seed)).key][e] for seed in config.sweep.seeds]
+      runs = seeds(classes, s, e)
       if not all(runs):  # knowledge 'none'
         continue
       for k in range(num_classes):
         by_class.append({"setting": s.key, "epoch": e + 1, "class": k})
         for f, name in enumerate(_BY_CLASS):
-          values = [run[k][f] for run in runs]
-          mean, half = report.ci95(values)
-          by_class[-1].update({name: mean, f"{name}_ci95": half,
-                               f"{name}_per_seed": values})
+          by_class[-1].update(over_seeds(name, [run[k][f] for run in runs]))
   lines = [f"# {config.data.name}: message signal energy, ||clip(g)||^2 / C^2",
            "", f"config {provenance['config_hash']}, commit {provenance['git_commit']}, "
            f"seeds {' '.join(str(s) for s in config.sweep.seeds)}, clip norm "
