@@ -238,11 +238,11 @@ def check(config: ml_collections.ConfigDict) -> None:
   for name in ("server_learning_rate", "device_learning_rate"):
     _need(getattr(t, name) > 0, f"train.{name}",
           f"must be positive, got {getattr(t, name)}")
-  for name in ("server_weight_decay", "device_weight_decay"):
-    value = getattr(t, name)
+  for side in ("server", "device"):
+    name, value = f"{side}_weight_decay", getattr(t, f"{side}_weight_decay")
     _need(math.isfinite(value) and value >= 0, f"train.{name}",
           f"must be finite and >= 0 (0 is off), got {value}")
-    rate = getattr(t, name.replace("weight_decay", "learning_rate"))
+    rate = getattr(t, f"{side}_learning_rate")
     _need(rate * value < 1, f"train.{name}",
           f"{value} x the learning rate {rate} must be under 1: each step "
           "takes that share of every param off")
