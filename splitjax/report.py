@@ -439,7 +439,7 @@ def write(folder: str, config, schema, settings, records: list[dict],
 # --- Across data sets (sweep.run_datasets) -----------------------------------
 
 
-def _restore(x):
+def restore(x):
   """Undoes _jsonable: 'inf', '-inf' and 'nan' strings back to floats."""
   return _walk(x, lambda v: float(v) if isinstance(v, str) and v in ("inf", "-inf", "nan")
                else v)
@@ -496,7 +496,7 @@ def read_sweep(folder: str) -> dict:
     raise DataError(f"--workdir: no finished sweep in {folder} (no {TABLE}.json){hint}")
   try:
     with open(path) as f:
-      sweep = _restore(json.load(f))
+      sweep = restore(json.load(f))
   except (OSError, ValueError) as e:
     raise DataError(f"{path}: not readable as JSON: {e}") from None
   rows = sweep.get("rows") if isinstance(sweep, dict) else None

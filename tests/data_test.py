@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from splitjax import configlib, data
 from splitjax.data import builders, official, synthetic
-from splitjax.data.schema import LABEL
+from splitjax.data.schema import LABEL, Schema
 from splitjax.errors import DataError
 from conftest import config_file, small_config
 
@@ -132,6 +133,8 @@ def test_schema_normalises_on_train_only():
   np.testing.assert_allclose(ds.train.x_p_num.mean(0), 0, atol=1e-4)
   assert not np.allclose(ds.test.x_s_num.mean(0), 0, atol=1e-4)
   assert [f.name for f in ds.schema.private] == ["p_cat_0", "p_num_0"]
+  # config.json holds the schema as JSON; reading it back gives the same one.
+  assert Schema.from_json(json.loads(json.dumps(ds.schema.to_json()))) == ds.schema
 
 
 def test_balance_classes_keeps_the_first_records_of_each_class():

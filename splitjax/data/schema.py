@@ -121,6 +121,15 @@ class Schema:
             "private": feats(self.private),
             "label_vocab": list(self.label_vocab)}
 
+  @classmethod
+  def from_json(cls, obj: dict) -> Schema:
+    """The schema `to_json` wrote (a result folder's config.json)."""
+    def feats(fs):
+      return tuple(Feature(**dict(f, vocab=None if f["vocab"] is None else tuple(f["vocab"])))
+                   for f in fs)
+    return cls(dataset=obj["dataset"], server=feats(obj["server"]),
+               private=feats(obj["private"]), label_vocab=tuple(obj["label_vocab"]))
+
 
 class Arrays(NamedTuple):
   """One split, encoded: the pytree that lives on the accelerator.
