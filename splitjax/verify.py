@@ -19,7 +19,8 @@ results/):
 - message_energy.md: each row's signal cell is its JSON row's;
 - prior_accuracy.md: each cell is its JSON's figure;
 - with `repo`, every recorded commit is a commit of that repository (not
-  '-dirty', not 'unknown').
+  '-dirty', not 'unknown'), and so is every commit a README.md names (7 to
+  10 or 40 hex digits; the README's other figures are not read).
 
 What cannot be checked (a sweep without its config.json, commits in a
 shallow clone) is listed apart as unchecked, never passed over in silence.
@@ -33,6 +34,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 
 import ml_collections
@@ -270,16 +272,32 @@ def _commits(obj, into: set[str]) -> None:
   _walk(obj, visit)
 
 
-def _check_commits(repo: str, commits: dict[str, set[str]], findings: Findings) -> None:
-  """Each recorded commit names a commit of `repo`."""
+# A short or full commit hash in prose: 7 to 10 or 40 hex digits, with a
+# letter and a digit among them (12 hex digits is a config hash).
+_NAMED_COMMIT = re.compile(r"(?<![\w./-])(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])"
+                           r"([0-9a-f]{7,10}|[0-9a-f]{40})(?![\w])")
+
+
+def named_commits(text: str) -> dict[str, list[int]]:
+  """The commits a README names, each with the lines it is named on."""
+  out: dict[str, list[int]] = {}
+  for i, line in enumerate(text.splitlines(), 1):
+    for m in _NAMED_COMMIT.finditer(line):
+      out.setdefault(m.group(1), []).append(i)
+  return out
+
+
+def _check_commits(repo: str, commits: dict[str, set[str]],
+                   named: dict[str, dict[str, list[int]]], findings: Findings) -> None:
+  """Each recorded commit, and each commit a README names, is one of `repo`."""
   shallow = subprocess.run(["git", "-C", repo, "rev-parse", "--is-shallow-repository"],
                            capture_output=True, text=True)
   if shallow.returncode or shallow.stdout.strip() != "false":
-    for folder in commits:
+    for folder in dict.fromkeys([*commits, *named]):
       findings.unchecked.setdefault(folder, []).append(
-          f"the recorded commits: {repo} is not a full git clone")
+          f"the recorded and named commits: {repo} is not a full git clone")
     return
-  wanted = sorted({c for cs in commits.values() for c in cs
+  wanted = sorted({c for cs in [*commits.values(), *named.values()] for c in cs
                    if c not in ("unknown",) and not c.endswith("-dirty")})
   batch = subprocess.run(["git", "-C", repo, "cat-file", "--batch-check"],
                          input="".join(f"{c}^{{commit}}\n" for c in wanted),
@@ -293,6 +311,11 @@ def _check_commits(repo: str, commits: dict[str, set[str]], findings: Findings) 
              else f"not a commit of {repo}" if c in missing else None)
       if why:
         findings.problems.setdefault(folder, []).append(f"recorded commit {c}: {why}")
+  for folder, cs in named.items():
+    for c, lines in cs.items():
+      if c in missing:
+        findings.problems.setdefault(folder, []).append(
+            f"README.md line {lines[0]} names commit {c}, not a commit of {repo}")
 
 
 def _check_folder(folder: str, jsons: list[str], problems: list[str],
@@ -315,11 +338,17 @@ def _check_folder(folder: str, jsons: list[str], problems: list[str],
 
 def check(root: str, repo: str | None = None) -> Findings:
   """Checks every result folder under `root` (module docstring); with `repo`,
-  a git checkout, also that every recorded commit is one of its commits."""
+  a git checkout, also that every recorded commit, and every commit a
+  README.md under `root` names, is one of its commits."""
   findings = Findings()
   commits: dict[str, set[str]] = {}
+  named: dict[str, dict[str, list[int]]] = {}
   for folder, dirs, files in os.walk(root):
     dirs[:] = sorted(d for d in dirs if d not in _SKIPPED)
+    key = os.path.relpath(folder, root)
+    if repo is not None and "README.md" in files:
+      with open(os.path.join(folder, "README.md")) as f:
+        named[key] = named_commits(f.read())
     jsons = sorted(f for f in files if f.endswith(".json"))
     if not jsons:
       continue
@@ -329,7 +358,6 @@ def check(root: str, repo: str | None = None) -> Findings:
       _check_folder(folder, jsons, problems, unchecked, found)
     except (KeyError, TypeError, ValueError, AttributeError, SplitjaxError) as e:
       problems.append(f"not a folder splitjax wrote, or damaged: {type(e).__name__}: {e}")
-    key = os.path.relpath(folder, root)
     if problems:
       findings.problems[key] = problems
     if unchecked:
@@ -337,5 +365,5 @@ def check(root: str, repo: str | None = None) -> Findings:
     if found:
       commits[key] = found
   if repo is not None:
-    _check_commits(repo, commits, findings)
+    _check_commits(repo, commits, named, findings)
   return findings

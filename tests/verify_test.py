@@ -158,9 +158,14 @@ def test_commits_are_checked(tmp_path):
     obj["git_commit"] += "-dirty"
   _json_edit(root / SWEEP / "config.json", dirty)  # the tables do not show it
   (root / SWEEP / "other.json").write_text(json.dumps({"git_commit": "f" * 40}))
+  # A README may name commits, never a made-up one (a config hash is 12 digits).
+  invented = "1" + "f" * 39
+  (root / SWEEP / "README.md").write_text(
+      f"Run at {held[:7]} (config {'ab12' * 3}),\nand again at {invented}.\n")
   assert verify.check(str(root), REPO).problems[SWEEP] == [
       f"recorded commit {held}-dirty: made from uncommitted changes",
-      f"recorded commit {'f' * 40}: not a commit of {REPO}"]
+      f"recorded commit {'f' * 40}: not a commit of {REPO}",
+      f"README.md line 2 names commit {invented}, not a commit of {REPO}"]
 
 
 def _run(*args):
