@@ -133,7 +133,12 @@ def test_changed_figures_beside_sweeps_are_found(tmp_path):
 
 def test_a_summary_is_checked_against_its_data_sets(tmp_path):
   _copy(tmp_path, "all_datasets")
-  for name in ("adult", "bank_marketing", "movielens_100k"):  # beside it, unwalked
+  names = ("adult", "bank_marketing", "movielens_100k")
+  for name in names:  # inside it, as a run writes them (links: not walked)
+    os.symlink(os.path.join(RESULTS, name), tmp_path / "all_datasets" / name)
+  assert verify.check(str(tmp_path)).problems == {}
+  for name in names:  # beside it, as results/ holds them
+    os.unlink(tmp_path / "all_datasets" / name)
     os.symlink(os.path.join(RESULTS, name), tmp_path / name)
   assert verify.check(str(tmp_path)).problems == {}
   summary = tmp_path / "all_datasets" / "summary.md"
