@@ -95,16 +95,22 @@ def _walk(x, visit) -> None:
       _walk(v, visit)
 
 
+def _check_interval(where: str, values: list, mean, half, problems: list[str]) -> None:
+  """`mean` ± `half` is what `report.ci95` gives for the per-seed `values`."""
+  want_mean, want_half = report.ci95(values)
+  if not (_close(want_mean, mean) and _close(want_half, half)):
+    problems.append(f"{where} is {mean} ± {half}, its per-seed values give "
+                    f"{want_mean} ± {want_half}")
+
+
 def _check_json(name: str, obj, problems: list[str]) -> None:
   """Per-seed aggregates and confusion-matrix accuracies anywhere in `obj`."""
   def visit(d: dict) -> None:
     for key, values in d.items():
       base = key.removesuffix("_per_seed")
       if base != key and isinstance(values, list) and base in d:
-        mean, half = report.ci95(values)
-        if not (_close(mean, d[base]) and _close(half, d.get(base + "_ci95"))):
-          problems.append(f"{name}: {base} is {d[base]} ± {d.get(base + '_ci95')}, "
-                          f"its per-seed values give {mean} ± {half}")
+        _check_interval(f"{name}: {base}", values, d[base], d.get(base + "_ci95"),
+                        problems)
     if "accuracy" in d and "confusion" in d:
       cm = np.asarray(d["confusion"], float)
       share = np.trace(cm) / cm.sum() if cm.sum() else math.nan
@@ -146,11 +152,8 @@ def _check_sweep(folder: str, sweep: dict, problems: list[str],
   rows = sweep.get("rows") or []
   for row in rows:
     for name, values in row.get("per_seed", {}).items():
-      mean, half = report.ci95(values)
-      if not (_close(mean, row.get(name)) and _close(half, row.get(name + "_ci95"))):
-        problems.append(f"{report.TABLE}.json: {row['setting']} {name} is {row.get(name)} "
-                        f"± {row.get(name + '_ci95')}, its per-seed values give "
-                        f"{mean} ± {half}")
+      _check_interval(f"{report.TABLE}.json: {row['setting']} {name}", values,
+                      row.get(name), row.get(name + "_ci95"), problems)
     if row.get("num_seeds") != len(str(row.get("seeds", "")).split()):
       problems.append(f"{report.TABLE}.json: {row['setting']} num_seeds "
                       f"{row.get('num_seeds')} but seeds {row.get('seeds')!r}")
@@ -255,10 +258,9 @@ def _check_message_energy(folder: str, result: dict, problems: list[str]) -> Non
     return
   lines = text.splitlines()
   for r in result["rows"]:
-    mean, half = report.ci95(r["per_seed"])
-    if not (_close(mean, r["signal_over_c2"]) and _close(half, r["signal_over_c2_ci95"])):
-      problems.append(f"message_energy.json: {r['setting']} epoch {r['epoch']} signal "
-                      f"{r['signal_over_c2']}, its per-seed values give {mean}")
+    # The signal's per-seed list is `per_seed`, not `signal_over_c2_per_seed`.
+    _check_interval(f"message_energy.json: {r['setting']} epoch {r['epoch']} signal",
+                    r["per_seed"], r["signal_over_c2"], r["signal_over_c2_ci95"], problems)
     cell = (f"| {r['setting']} | {r['epoch']} | "
             f"{report.mean_ci(r['signal_over_c2'], r['signal_over_c2_ci95'])} |")
     if not any(line.startswith(cell) for line in lines):
@@ -298,7 +300,7 @@ def _check_commits(repo: str, commits: dict[str, set[str]],
           f"the recorded and named commits: {repo} is not a full git clone")
     return
   wanted = sorted({c for cs in [*commits.values(), *named.values()] for c in cs
-                   if c not in ("unknown",) and not c.endswith("-dirty")})
+                   if c != "unknown" and not c.endswith("-dirty")})
   batch = subprocess.run(["git", "-C", repo, "cat-file", "--batch-check"],
                          input="".join(f"{c}^{{commit}}\n" for c in wanted),
                          capture_output=True, text=True, check=True)
