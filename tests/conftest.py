@@ -1,7 +1,10 @@
-"""Shared fixtures: one TFDS cache per test session, the shared data copies."""
+"""Shared fixtures: one TFDS cache per test session, the shared data copies;
+one XLA compilation cache per test run."""
 
 import importlib.util
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -10,6 +13,38 @@ from splitjax import configlib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.environ.get("SPLITJAX_SHARED_DATA",
                              os.path.join(REPO, "..", "shared", "data"))
+
+
+_CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
+_OWN_CACHE = []
+
+
+def pytest_configure(config):
+  """Points JAX's persistent compilation cache at one folder for the whole
+  run: the xdist workers (started after this, in the controller) and every
+  subprocess a test starts inherit it through the environment. Many tests
+  compile the same programs (the sweep tests' grid in-process, in the
+  kill-and-resume and sharding subprocesses); a cached executable is the
+  same code, so the numbers do not change, only the time. A folder the
+  caller set is used and kept; one made here is removed at the end."""
+  del config
+  if _CACHE_ENV not in os.environ:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="splitjax-xla-cache-")
+    _OWN_CACHE.append(os.environ[_CACHE_ENV])
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+  import jax  # Possibly imported already, before the variables were set.
+  jax.config.update("jax_compilation_cache_dir", os.environ[_CACHE_ENV])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
+
+def pytest_unconfigure(config):
+  del config
+  for folder in _OWN_CACHE:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
