@@ -284,10 +284,13 @@ def _save(fig, path: str) -> None:
 
 def _styles(rows) -> list[tuple]:
   """(defence, label epsilon or None, line style, legend) of each series: the
-  noise settings and label DP alone, and the noise settings at each label
-  epsilon they are combined with."""
+  noise settings and label DP alone, label DP on top of the clip alone (its
+  epsilon total is inf, so like label DP alone it is drawn at
+  epsilon_label), and the noise settings at each label epsilon they are
+  combined with."""
   out = [("noise", None, "o-", "cut-layer clip + noise (x: epsilon)"),
-         ("label_dp", None, "s--", "label DP (x: epsilon_label)")]
+         ("label_dp", None, "s--", "label DP (x: epsilon_label)"),
+         ("clip+label_dp", None, "P:", "clip alone + label DP (x: epsilon_label)")]
   both = sorted({r["label_epsilon"] for r in rows if r["defence"] == "noise+label_dp"})
   for i, eps in enumerate(both):
     out.append(("noise+label_dp", eps, "^vD<>"[i % 5] + "-.",
@@ -304,8 +307,9 @@ def _rate(row: dict, attack: str, target: str) -> str:
 
 def _series(rows, defence, label_epsilon=None):
   """Rows of one defence (at one label epsilon) sorted by epsilon (its x
-  value: epsilon_label for label DP alone, else the total)."""
-  key = "epsilon_label" if defence == "label_dp" else "epsilon_total"
+  value: epsilon_label where the cut layer is unbounded, label DP alone or on
+  the clip alone, else the total)."""
+  key = "epsilon_label" if defence in ("label_dp", "clip+label_dp") else "epsilon_total"
   sel = [r for r in rows if r["defence"] == defence and math.isfinite(r[key])
          and label_epsilon in (None, r["label_epsilon"])]
   return sorted(sel, key=lambda r: r[key]), key
@@ -348,8 +352,8 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
   fig, axes = plt.subplots(1, len(tgts), figsize=(3.6 * len(tgts), 3.6), squeeze=False)
   colours = {a: f"C{i}" for i, a in enumerate(names)}
   for ax, t in zip(axes[0], tgts):
-    # Label DP protects only the label: its series, alone and with noise,
-    # are drawn on the label panel.
+    # Label DP protects only the label: its series (alone, on the clip alone
+    # and with noise) are drawn on the label panel.
     for defence, label_eps, style, _ in styles:
       if t != "label" and defence != "noise":
         continue

@@ -290,6 +290,23 @@ def test_label_only_sweep_without_private_features(tmp_path):
   assert by["clip_only"]["ceiling/label"] == 1.0
 
 
+def test_plots_draw_label_dp_on_the_clip_alone_at_its_label_epsilon():
+  # Its epsilon total is inf (the clip alone bounds nothing), so the plots
+  # left these rows out until 2026-12-06; like label DP alone, they are
+  # drawn at epsilon_label.
+  inf = math.inf
+  rows = [dict(defence="clip", label_epsilon=inf, epsilon_label=inf, epsilon_total=inf),
+          dict(defence="clip+label_dp", label_epsilon=3.0, epsilon_label=3.0,
+               epsilon_total=inf),
+          dict(defence="clip+label_dp", label_epsilon=1.0, epsilon_label=1.0,
+               epsilon_total=inf),
+          dict(defence="label_dp", label_epsilon=1.0, epsilon_label=1.0, epsilon_total=1.0)]
+  assert [s[0] for s in report._styles(rows)] == ["noise", "label_dp", "clip+label_dp"]
+  sel, key = report._series(rows, "clip+label_dp")
+  assert key == "epsilon_label" and [r[key] for r in sel] == [1.0, 3.0]
+  assert report._series(rows, "clip")[0] == []
+
+
 def test_a_private_numeric_is_tabled_by_mae_and_by_its_audited_rate(tmp_path):
   # A numeric's table gives its MAE (no ceiling beside it), then its rate
   # within half a unit of the truth with the audit's ceiling, which bounds
