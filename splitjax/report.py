@@ -315,7 +315,13 @@ def _series(rows, defence, label_epsilon=None):
   return sorted(sel, key=lambda r: r[key]), key
 
 
-def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> None:
+PLOTS = ("auc_vs_epsilon.png", "attack_vs_epsilon.png", "accuracy_over_epochs.png")
+
+
+def plot(folder: str, rows: list[dict], records: list[dict] | None, schema,
+         config) -> None:
+  """The sweep's plots (PLOTS) in `folder`. Without `records` (every run's
+  record, as in batches/) the plot over epochs is not drawn."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -345,7 +351,7 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
   ax.set_ylabel("test AUC")
   ax.set_title(f"{config.data.name}: utility vs privacy")
   ax.legend(fontsize=8)
-  _save(fig, os.path.join(folder, "auc_vs_epsilon.png"))
+  _save(fig, os.path.join(folder, PLOTS[0]))
   plt.close(fig)
 
   tgts = targets(schema)
@@ -382,10 +388,10 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
   fig.legend(handles, labels, loc="upper center", ncol=5, fontsize=7,
              bbox_to_anchor=(0.5, 0.0))
   fig.suptitle(f"{config.data.name}: attack accuracy vs epsilon")
-  _save(fig, os.path.join(folder, "attack_vs_epsilon.png"))
+  _save(fig, os.path.join(folder, PLOTS[1]))
   plt.close(fig)
 
-  if none is None:
+  if none is None or records is None:
     return
   recs = [r for r in records if r["setting"]["key"] == none["setting"]]
   epochs = sorted({int(e) for r in recs for e in r["attacks"]})
@@ -413,7 +419,7 @@ def plot(folder: str, rows: list[dict], records: list[dict], schema, config) -> 
   axes[0, -1].xaxis.get_major_locator().set_params(integer=True)
   axes[0, -1].set_xlabel("epoch")
   fig.suptitle(f"{config.data.name}: no defence, over training")
-  _save(fig, os.path.join(folder, "accuracy_over_epochs.png"))
+  _save(fig, os.path.join(folder, PLOTS[2]))
   plt.close(fig)
 
 

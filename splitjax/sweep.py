@@ -22,7 +22,8 @@ Workdir layout (one data set):
 A run killed at any point and rerun with the same config recomputes only the
 batches without a file and ends with the same tables: batch composition is a
 function of the config alone, and each run's numbers depend only on its seed
-and setting.
+and setting. `redraw` (scripts/plot.py) draws a finished sweep's plots again
+from its files, without training.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import logging
 
@@ -45,7 +47,7 @@ from splitjax import accounting, audit, configlib, data, evaluation, models
 from splitjax import protocol, report, sharding, training
 from splitjax.attacks import baselines, exact, knowledge
 from splitjax import workdir as wd
-from splitjax.errors import ConfigError
+from splitjax.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -469,6 +471,33 @@ def run(config, workdir: str) -> list[dict]:
     raise audit.AuditViolation("privacy audit failed (a bug in the mechanism, "
                                "accountant or attack): " + "; ".join(violations))
   return rows
+
+
+def redraw(workdir: str, out: str) -> list[str]:
+  """Draws a finished sweep's plots again, in `out`, from what `workdir`
+  holds: its table (privacy_utility.json), config.json and, for the plot over
+  epochs, the runs' records in batches/ (which results/ folders leave out: there
+  that plot is not drawn). Returns the plots' names. DataError or ConfigError
+  naming what is missing."""
+  rows = report.read_rows(workdir)
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise DataError(f"--workdir: no config.json in {workdir} (the sweep's config "
+                    "names the attacks and targets to draw)")
+  try:
+    with open(path) as f:
+      held = json.load(f)
+    config = ml_collections.ConfigDict(held["config"])
+    schema = data.Schema.from_json(held["schema"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataError(f"{path}: not a sweep's config.json ({type(e).__name__}: {e})") from None
+  records = None
+  if os.path.isdir(os.path.join(workdir, "batches")):
+    records = [r for b in batches(config, grid(config)) for r in _read_batch(
+        os.path.join(workdir, "batches", b.id + ".json"), b)["runs"]]
+  os.makedirs(out, exist_ok=True)
+  report.plot(out, rows, records, schema, config)
+  return list(report.PLOTS if records is not None else report.PLOTS[:2])
 
 
 def run_datasets(config, workdir: str) -> list[dict]:

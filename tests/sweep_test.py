@@ -160,6 +160,18 @@ def test_vmapped_and_one_by_one_settings_give_the_same_numbers(tmp_path):
                        str(tmp_path / "together"))
   _assert_plots(tmp_path / "together", ["auc_vs_epsilon.png", "attack_vs_epsilon.png",
                                         "accuracy_over_epochs.png"])
+  # Drawn again from the files alone (scripts/plot.py): the same images; and
+  # without batches/ (as in results/), all but the plot over epochs.
+  assert sweep.redraw(str(tmp_path / "together"), str(tmp_path / "redrawn")) == list(
+      report.PLOTS)
+  for name in report.PLOTS:
+    assert ((tmp_path / "redrawn" / name).read_bytes()
+            == (tmp_path / "together" / name).read_bytes()), name
+  shutil.copytree(tmp_path / "together", tmp_path / "copied",
+                  ignore=shutil.ignore_patterns("batches", "*.png"))
+  assert sweep.redraw(str(tmp_path / "copied"), str(tmp_path / "copied")) == list(
+      report.PLOTS[:2])
+  _assert_plots(tmp_path / "copied", report.PLOTS[:2])
   one_by_one = sweep.run(_grid_config(sweep__max_group_size=1, sweep__clip_only=True),
                          str(tmp_path / "alone"))
   assert [r["setting"] for r in together] == [
@@ -204,6 +216,37 @@ def test_vmapped_and_one_by_one_settings_give_the_same_numbers(tmp_path):
           in md)
   rows[3]["per_seed"]["test_accuracy"] = [share, share]
   assert "Below always guessing" not in report.to_markdown(rows, ds.schema, c, held, share)
+
+
+def _plot(*args):
+  return subprocess.run([sys.executable, "scripts/plot.py", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_plot_script_redraws_a_committed_folder_and_refuses_bad_input(tmp_path):
+  folder = os.path.join(REPO, "results", "adult", "clip_only", "cut_layer_norm", "label_dp")
+  done = _plot(f"--workdir={folder}", f"--out={tmp_path}")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "drew auc_vs_epsilon.png, attack_vs_epsilon.png in" in done.stderr
+  _assert_plots(tmp_path, report.PLOTS[:2])
+  before = (tmp_path / "auc_vs_epsilon.png").read_bytes()
+  again = _plot(f"--workdir={folder}", f"--out={tmp_path}")
+  assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+      f"splitjax: error: --out: {tmp_path} already holds auc_vs_epsilon.png, "
+      "attack_vs_epsilon.png; pass --overwrite to replace them, or draw elsewhere"]
+  assert (tmp_path / "auc_vs_epsilon.png").read_bytes() == before
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  missing = _plot(f"--workdir={empty}")
+  assert missing.returncode == 2 and missing.stderr.strip().splitlines() == [
+      f"splitjax: error: --workdir: no finished sweep in {empty} (no privacy_utility.json)"]
+  (empty / "privacy_utility.json").write_text(
+      open(os.path.join(folder, "privacy_utility.json")).read())
+  unnamed = _plot(f"--workdir={empty}")
+  assert unnamed.returncode == 2 and unnamed.stderr.strip().splitlines() == [
+      f"splitjax: error: --workdir: no config.json in {empty} (the sweep's config "
+      "names the attacks and targets to draw)"]
+  assert sorted(p.name for p in empty.iterdir()) == ["privacy_utility.json"]
 
 
 def test_fsl_sweep_over_knowledge_settings_with_a_target_epsilon(tmp_path):
