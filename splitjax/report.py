@@ -298,6 +298,15 @@ def _styles(rows) -> list[tuple]:
   return out
 
 
+def _log_x(ax) -> None:
+  """A log epsilon axis. Where it spans under a decade matplotlib labels
+  minor ticks too, in scientific notation ("2x10^1"), and in a narrow panel
+  they run into each other; they are written plainly ("20") instead."""
+  from matplotlib import ticker
+  ax.set_xscale("log")
+  ax.xaxis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False))
+
+
 def _rate(row: dict, attack: str, target: str) -> str:
   """The row's key of an attack's success on a target: its accuracy, or for
   a numeric its rate within half a unit (what the audit bounds)."""
@@ -346,7 +355,7 @@ def plot(folder: str, rows: list[dict], records: list[dict] | None, schema,
                label="clip alone (epsilon inf)")
   if so:
     ax.axhline(so["test_auc"], color="gray", ls=":", lw=1, label="server features only")
-  ax.set_xscale("log")
+  _log_x(ax)
   ax.set_xlabel("epsilon")
   ax.set_ylabel("test AUC")
   ax.set_title(f"{config.data.name}: utility vs privacy")
@@ -379,7 +388,7 @@ def plot(folder: str, rows: list[dict], records: list[dict] | None, schema,
       vals = [r[_rate(r, a, t)] for r in rows if _rate(r, a, t) in r]
       if vals:
         ax.axhline(float(np.mean(vals)), color="gray", ls=ls, lw=1, label=ATTACK_TITLES[a])
-    ax.set_xscale("log")
+    _log_x(ax)
     numeric = any(f"{a}/{t}/{WITHIN}" in r for a in names for r in rows)
     ax.set_title(f"{t} (within half a unit)" if numeric else t, fontsize=9)
     ax.set_xlabel("epsilon")

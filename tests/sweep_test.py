@@ -350,6 +350,22 @@ def test_plots_draw_label_dp_on_the_clip_alone_at_its_label_epsilon():
   assert report._series(rows, "clip")[0] == []
 
 
+def test_an_epsilon_axis_under_a_decade_labels_its_minor_ticks_plainly():
+  # Sigma 0.25 and 1 on Bank put epsilon at 20 and 160: matplotlib labelled
+  # 20, 30, 40 and 60 as "2x10^1" ..., which overran each other in a panel.
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(3.6, 3.6))
+  ax.plot([20.0, 160.0], [0.5, 0.8])
+  report._log_x(ax)
+  fig.canvas.draw()
+  shown = [t.get_text() for t in ax.xaxis.get_minorticklabels()
+           if t.get_text() and 20 <= t.get_position()[0] <= 160]
+  plt.close(fig)
+  assert shown == ["20", "30", "40", "60"], shown
+
+
 def test_a_private_numeric_is_tabled_by_mae_and_by_its_audited_rate(tmp_path):
   # A numeric's table gives its MAE (no ceiling beside it), then its rate
   # within half a unit of the truth with the audit's ceiling, which bounds
