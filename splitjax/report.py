@@ -12,7 +12,8 @@ Files: privacy_utility.csv (flat), .json (rows with per-seed values, and
 metadata), .md (a utility table and one attack table per attribute), and PNG
 plots: auc_vs_epsilon, attack_vs_epsilon, accuracy_over_epochs. From a
 finished sweep's JSON, `seed_spread` says how far intervals over a few seeds
-can be trusted (scripts/seed_spread.py).
+can be trusted (scripts/seed_spread.py), and `compare_plot` draws several
+sweeps of one data set on one figure (scripts/compare.py).
 """
 
 from __future__ import annotations
@@ -643,3 +644,79 @@ def prior_accuracy_markdown(result: dict) -> str:
     cells += [f"{sc['label']['accuracy']:.4f}", f"{sc.get('all_correct', float('nan')):.4f}"]
     lines.append(f"| {guess} | " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+# --- Several sweeps on one figure (scripts/compare.py) ------------------------
+
+
+def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema, config,
+                 attack: str = "bayes_exact") -> None:
+  """One figure of several sweeps of one data set (e.g. one per clip norm):
+  test AUC vs epsilon, `attack`'s accuracy vs epsilon per target, and the
+  trade-off, test AUC against the attack's accuracy on the label. A sweep is
+  (name, rows); its series is its cut-layer noise rows (the defence whose
+  epsilon is the same function of sigma in each), its clip alone and its
+  undefended row are points on the trade-off panel. The prior, the server
+  model and the server-only AUC are levels: means over the sweeps' rows."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  tgts = targets(schema)
+  rows_all = [r for _, rows in sweeps for r in rows]
+  fig, axes = plt.subplots(1, len(tgts) + 2, figsize=(3.6 * (len(tgts) + 2), 3.8),
+                           squeeze=False, gridspec_kw=dict(wspace=0.3))
+  auc_ax, frontier = axes[0, 0], axes[0, -1]
+  for i, (name, rows) in enumerate(sweeps):
+    colour = f"C{i}"
+    sel, key = _series(rows, "noise")
+    auc_ax.errorbar([r[key] for r in sel], [r["test_auc"] for r in sel],
+                    yerr=[np.nan_to_num(r["test_auc_ci95"]) for r in sel],
+                    fmt="o-", ms=4, capsize=3, color=colour, label=name)
+    for ax, t in zip(axes[0, 1:-1], tgts):
+      pts = [(r[key], r[_rate(r, attack, t)]) for r in sel if _rate(r, attack, t) in r]
+      if pts:
+        ax.plot(*zip(*pts), "o-", ms=4, color=colour)
+    leak = f"{attack}/label"
+    pts = [(r[leak], r["test_auc"]) for r in sel if leak in r]
+    if pts:
+      frontier.plot(*zip(*pts), "o-", ms=4, color=colour, label=f"{name}, noise")
+    # The undefended model is one black star per sweep (one point where only
+    # the clip differs between them).
+    for defence, marker, what in (("clip", "s", "clip alone"), ("none", "*", "no defence")):
+      row = next((r for r in rows if r["defence"] == defence and leak in r), None)
+      if row:
+        frontier.plot(row[leak], row["test_auc"], marker, ms=7, mfc="none",
+                      color=colour if defence == "clip" else "k",
+                      label=f"{name}, {what}" if defence == "clip" else what)
+  so = [r["test_auc"] for r in rows_all if r["defence"] == "server_only"]
+  if so:
+    for ax in (auc_ax, frontier):
+      ax.axhline(float(np.mean(so)), color="gray", ls=":", lw=1,
+                 label="server features only")
+  for ax, t in zip(axes[0, 1:-1], tgts):
+    for a, ls in (("prior", ":"), ("server_model", "-.")):
+      vals = [r[_rate(r, a, t)] for r in rows_all if _rate(r, a, t) in r]
+      if vals:
+        ax.axhline(float(np.mean(vals)), color="gray", ls=ls, lw=1, label=ATTACK_TITLES[a])
+    ax.set_title(f"{ATTACK_TITLES[attack]}: {t}", fontsize=9)
+    lo, hi = ax.get_ylim()  # At least 0.02 tall: not 3e-5 blown up to a panel.
+    if hi - lo < 0.02:
+      ax.set_ylim((lo + hi) / 2 - 0.01, (lo + hi) / 2 + 0.01)
+  for ax in axes[0, :-1]:
+    _log_x(ax)
+    ax.set_xlabel("epsilon")
+  auc_ax.set_ylabel("test AUC")
+  auc_ax.set_title("utility", fontsize=9)
+  axes[0, 1].set_ylabel("attack accuracy")
+  frontier.set_xlabel(f"{ATTACK_TITLES[attack]} accuracy on the label")
+  frontier.set_ylabel("test AUC")
+  frontier.set_title("trade-off (up and left is better)", fontsize=9)
+  legend = {}  # Each label once: the frontier's entries, then the baselines.
+  for ax in (frontier, axes[0, 1]):
+    legend.update((l, h) for h, l in zip(*ax.get_legend_handles_labels()) if l not in legend)
+  fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=6, fontsize=7,
+             bbox_to_anchor=(0.5, 0.0))
+  fig.suptitle(f"{config.data.name}: {', '.join(n for n, _ in sweeps)}")
+  _save(fig, path)
+  plt.close(fig)

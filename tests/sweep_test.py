@@ -16,7 +16,7 @@ import pytest
 
 from conftest import REPO, config_file, small_config
 from splitjax import configlib, data, report, sweep, workdir as wd
-from splitjax.errors import ConfigError
+from splitjax.errors import ConfigError, DataError
 
 # configs/synthetic.py:smoke with a small grid: server-only, none, one sigma,
 # one label epsilon; 2 seeds; batches of 2 runs (4 batches).
@@ -247,6 +247,35 @@ def test_plot_script_redraws_a_committed_folder_and_refuses_bad_input(tmp_path):
       f"splitjax: error: --workdir: no config.json in {empty} (the sweep's config "
       "names the attacks and targets to draw)"]
   assert sorted(p.name for p in empty.iterdir()) == ["privacy_utility.json"]
+
+
+def test_compare_draws_several_sweeps_and_refuses_what_does_not_match(tmp_path):
+  grid = os.path.join(REPO, "results", "bank_marketing", "clip_norm_grid")
+  a, b = os.path.join(grid, "c0.1"), os.path.join(grid, "c1.0")
+  out = tmp_path / "c.png"
+  done = subprocess.run([sys.executable, "scripts/compare.py", f"--workdirs={a},{b}",
+                         f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  _assert_plots(tmp_path, ["c.png"])
+  again = subprocess.run([sys.executable, "scripts/compare.py", f"--workdirs={a}",
+                          f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+  assert again.returncode == 2 and again.stderr.strip().splitlines() == [
+      f"splitjax: error: --out: {out} already exists; pass --overwrite to replace it, "
+      "or write elsewhere"]
+  adult = os.path.join(REPO, "results", "adult", "clip_norm_grid", "c0.1")
+  for workdirs, names, attack, error, match in (
+      ([a, b], ["C=0.1"], "bayes_exact", ConfigError, "--names: 1 names for 2 workdirs"),
+      ([a, adult], ["bank", "adult"], "bayes_exact", DataError,
+       r"--workdirs: sweeps of different data sets \(.*c0.1: bank_marketing, .*c0.1: adult\)"),
+      ([a], ["x"], "gradmatch", ConfigError,
+       r"--attack: no sweep here ran 'gradmatch' \(its rows have no gradmatch/label\)"),
+      ([str(tmp_path)], ["x"], "bayes_exact", DataError,
+       f"--workdirs: no finished sweep in {tmp_path} ")):
+    with pytest.raises(error, match=match):
+      sweep.compare(workdirs, names, str(tmp_path / "e.png"), attack)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png"]
 
 
 def test_fsl_sweep_over_knowledge_settings_with_a_target_epsilon(tmp_path):
