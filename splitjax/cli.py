@@ -59,6 +59,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(_flag_error(e, argv))
 
 
+def quiet_jax() -> None:
+  """Off a TPU, jax's first backend start logs at INFO that libtpu is
+  missing: a line before every one-line error, and noise in every log. Its
+  warnings (e.g. a GPU without CUDA jaxlib) still show."""
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+
+
 def run_app(job: Callable[[object, str], object]) -> None:
   """Defines --config (locked) and --workdir, then runs job(config, workdir).
 
@@ -83,10 +90,7 @@ def run_app(job: Callable[[object, str], object]) -> None:
   def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    # Off a TPU, jax's first backend start logs at INFO that libtpu is
-    # missing: a line before every one-line error, and noise in every log.
-    # Its warnings (e.g. a GPU without CUDA jaxlib) still show.
-    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    quiet_jax()
     if distributed.value:
       import jax
       try:
