@@ -649,8 +649,8 @@ def prior_accuracy_markdown(result: dict) -> str:
 # --- Several sweeps on one figure (scripts/compare.py) ------------------------
 
 
-def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema, config,
-                 attack: str = "bayes_exact") -> None:
+def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema,
+                 dataset: str, attack: str = "bayes_exact") -> None:
   """One figure of several sweeps of one data set (e.g. one per clip norm):
   test AUC vs epsilon, `attack`'s accuracy vs epsilon per target, and the
   trade-off, test AUC against the attack's accuracy on the label. A sweep is
@@ -717,6 +717,6 @@ def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema, config
     legend.update((l, h) for h, l in zip(*ax.get_legend_handles_labels()) if l not in legend)
   fig.legend(list(legend.values()), list(legend), loc="upper center", ncol=6, fontsize=7,
              bbox_to_anchor=(0.5, 0.0))
-  fig.suptitle(f"{config.data.name}: {', '.join(n for n, _ in sweeps)}")
+  fig.suptitle(f"{dataset}: {', '.join(n for n, _ in sweeps)}")
   _save(fig, path)
   plt.close(fig)

@@ -512,7 +512,7 @@ def compare(workdirs: list[str], names: list[str], out: str,
   key = f"{attack}/label"
   if not any(k.startswith(key) for _, rows in sweeps for r in rows for k in r):
     raise ConfigError(f"--attack: no sweep here ran {attack!r} (its rows have no {key})")
-  report.compare_plot(out, sweeps, held[0][2], config, attack)
+  report.compare_plot(out, sweeps, held[0][2], held[0][1], attack)
 
 
 def redraw(workdir: str, out: str) -> list[str]:
