@@ -17,7 +17,7 @@ import os
 
 from absl import app, flags, logging
 
-from splitjax import cli, sweep
+from splitjax import cli, report
 from splitjax.errors import SplitjaxError
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Finished sweeps' folders, one data set.")
@@ -41,7 +41,7 @@ def main(argv):
   workdirs = _WORKDIRS.value
   names = _NAMES.value or [os.path.basename(os.path.normpath(w)) for w in workdirs]
   try:
-    sweep.compare(workdirs, names, out, _ATTACK.value)
+    report.compare(workdirs, names, out, _ATTACK.value)
   except SplitjaxError as e:
     cli.fail(str(e))
   except OSError as e:

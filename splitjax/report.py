@@ -12,8 +12,8 @@ Files: privacy_utility.csv (flat), .json (rows with per-seed values, and
 metadata), .md (a utility table and one attack table per attribute), and PNG
 plots: auc_vs_epsilon, attack_vs_epsilon, accuracy_over_epochs. From a
 finished sweep's JSON, `seed_spread` says how far intervals over a few seeds
-can be trusted (scripts/seed_spread.py), and `compare_plot` draws several
-sweeps of one data set on one figure (scripts/compare.py).
+can be trusted (scripts/seed_spread.py), and `compare` draws several sweeps
+of one data set on one figure (scripts/compare.py).
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ import math
 import os
 import tempfile
 
+import ml_collections
 import numpy as np
 from scipy import stats
 
 from splitjax import workdir as wd
+from splitjax.data.schema import Schema
 from splitjax.errors import ConfigError, DataError
 
 TABLE = "privacy_utility"
@@ -315,6 +317,15 @@ def _rate(row: dict, attack: str, target: str) -> str:
   return key if key in row else f"{key}/{WITHIN}"
 
 
+def _baselines(ax, rows, target: str) -> None:
+  """The prior's and the server model's accuracy on `target` as levels: their
+  means over `rows`."""
+  for a, ls in (("prior", ":"), ("server_model", "-.")):
+    vals = [r[_rate(r, a, target)] for r in rows if _rate(r, a, target) in r]
+    if vals:
+      ax.axhline(float(np.mean(vals)), color="gray", ls=ls, lw=1, label=ATTACK_TITLES[a])
+
+
 def _series(rows, defence, label_epsilon=None):
   """Rows of one defence (at one label epsilon) sorted by epsilon (its x
   value: epsilon_label where the cut layer is unbounded, label DP alone or on
@@ -385,10 +396,7 @@ def plot(folder: str, rows: list[dict], records: list[dict] | None, schema,
       if caps:
         ax.plot(*zip(*caps), "k" + style[1:], lw=1, alpha=0.5,
                 label=f"audit ceiling, {name}")
-    for a, ls in (("prior", ":"), ("server_model", "-.")):
-      vals = [r[_rate(r, a, t)] for r in rows if _rate(r, a, t) in r]
-      if vals:
-        ax.axhline(float(np.mean(vals)), color="gray", ls=ls, lw=1, label=ATTACK_TITLES[a])
+    _baselines(ax, rows, t)
     _log_x(ax)
     numeric = any(f"{a}/{t}/{WITHIN}" in r for a in names for r in rows)
     ax.set_title(f"{t} (within half a unit)" if numeric else t, fontsize=9)
@@ -525,6 +533,21 @@ def read_sweep(folder: str) -> dict:
   return sweep
 
 
+def read_config(folder: str):
+  """The config (a ConfigDict) and schema that the finished sweep in `folder`
+  recorded in its config.json; DataError naming what is missing."""
+  path = os.path.join(folder, "config.json")
+  if not os.path.isfile(path):
+    raise DataError(f"--workdir: no config.json in {folder} (the sweep's config "
+                    "names the attacks and targets to draw)")
+  try:
+    with open(path) as f:
+      held = json.load(f)
+    return ml_collections.ConfigDict(held["config"]), Schema.from_json(held["schema"])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise DataError(f"{path}: not a sweep's config.json ({type(e).__name__}: {e})") from None
+
+
 def default_metrics(rows: list[dict]) -> list[str]:
   """Test AUC and every attack's metric, in the table's order."""
   return [k for k in _per_seed_names(rows) if k == "test_auc" or "/" in k]
@@ -649,6 +672,33 @@ def prior_accuracy_markdown(result: dict) -> str:
 # --- Several sweeps on one figure (scripts/compare.py) ------------------------
 
 
+def compare(workdirs: list[str], names: list[str], out: str,
+            attack: str = "bayes_exact") -> None:
+  """One figure (compare_plot) of the finished sweeps in `workdirs`, of one
+  data set and schema, named `names`, in `out` (a .png)."""
+  if len(names) != len(workdirs):
+    raise ConfigError(f"--names: {len(names)} names for {len(workdirs)} workdirs")
+  sweeps, held = [], []
+  for w, name in zip(workdirs, names):
+    try:
+      rows = read_rows(w)
+      config, schema = read_config(w)
+    except DataError as e:  # Named by this job's flag.
+      raise DataError(str(e).replace("--workdir:", "--workdirs:", 1)) from None
+    held.append((w, config.data.name, schema))
+    sweeps.append((name, rows))
+  if len({h[1] for h in held}) > 1:
+    raise DataError("--workdirs: sweeps of different data sets ("
+                    + ", ".join(f"{w}: {d}" for w, d, _ in held) + "); compare one data set's")
+  if len({json.dumps(h[2].to_json(), sort_keys=True) for h in held}) > 1:
+    raise DataError("--workdirs: sweeps of different private features; compare "
+                    "sweeps with the same schema")
+  key = f"{attack}/label"
+  if not any(k.startswith(key) for _, rows in sweeps for r in rows for k in r):
+    raise ConfigError(f"--attack: no sweep here ran {attack!r} (its rows have no {key})")
+  compare_plot(out, sweeps, held[0][2], held[0][1], attack)
+
+
 def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema,
                  dataset: str, attack: str = "bayes_exact") -> None:
   """One figure of several sweeps of one data set (e.g. one per clip norm):
@@ -695,10 +745,7 @@ def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema,
       ax.axhline(float(np.mean(so)), color="gray", ls=":", lw=1,
                  label="server features only")
   for ax, t in zip(axes[0, 1:-1], tgts):
-    for a, ls in (("prior", ":"), ("server_model", "-.")):
-      vals = [r[_rate(r, a, t)] for r in rows_all if _rate(r, a, t) in r]
-      if vals:
-        ax.axhline(float(np.mean(vals)), color="gray", ls=ls, lw=1, label=ATTACK_TITLES[a])
+    _baselines(ax, rows_all, t)
     ax.set_title(f"{ATTACK_TITLES[attack]}: {t}", fontsize=9)
     lo, hi = ax.get_ylim()  # At least 0.02 tall: not 3e-5 blown up to a panel.
     if hi - lo < 0.02:

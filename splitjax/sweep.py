@@ -39,7 +39,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -47,7 +46,7 @@ from splitjax import accounting, audit, configlib, data, evaluation, models
 from splitjax import protocol, report, sharding, training
 from splitjax.attacks import baselines, exact, knowledge
 from splitjax import workdir as wd
-from splitjax.errors import ConfigError, DataError
+from splitjax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -473,48 +472,6 @@ def run(config, workdir: str) -> list[dict]:
   return rows
 
 
-def _held_config(workdir: str):
-  """The config and schema a finished sweep's config.json records."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise DataError(f"--workdir: no config.json in {workdir} (the sweep's config "
-                    "names the attacks and targets to draw)")
-  try:
-    with open(path) as f:
-      held = json.load(f)
-    return (ml_collections.ConfigDict(held["config"]),
-            data.Schema.from_json(held["schema"]))
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise DataError(f"{path}: not a sweep's config.json ({type(e).__name__}: {e})") from None
-
-
-def compare(workdirs: list[str], names: list[str], out: str,
-            attack: str = "bayes_exact") -> None:
-  """One figure (report.compare_plot) of several finished sweeps of one data
-  set, named `names`, in `out` (a .png)."""
-  if len(names) != len(workdirs):
-    raise ConfigError(f"--names: {len(names)} names for {len(workdirs)} workdirs")
-  sweeps, held = [], []
-  for w, name in zip(workdirs, names):
-    try:
-      rows = report.read_rows(w)
-      config, schema = _held_config(w)
-    except DataError as e:  # Named by this job's flag.
-      raise DataError(str(e).replace("--workdir:", "--workdirs:", 1)) from None
-    held.append((w, config.data.name, schema))
-    sweeps.append((name, rows))
-  if len({h[1] for h in held}) > 1:
-    raise DataError("--workdirs: sweeps of different data sets ("
-                    + ", ".join(f"{w}: {d}" for w, d, _ in held) + "); compare one data set's")
-  if len({json.dumps(h[2].to_json(), sort_keys=True) for h in held}) > 1:
-    raise DataError("--workdirs: sweeps of different private features; compare "
-                    "sweeps with the same schema")
-  key = f"{attack}/label"
-  if not any(k.startswith(key) for _, rows in sweeps for r in rows for k in r):
-    raise ConfigError(f"--attack: no sweep here ran {attack!r} (its rows have no {key})")
-  report.compare_plot(out, sweeps, held[0][2], held[0][1], attack)
-
-
 def redraw(workdir: str, out: str) -> list[str]:
   """Draws a finished sweep's plots again, in `out`, from what `workdir`
   holds: its table (privacy_utility.json), config.json and, for the plot over
@@ -522,7 +479,7 @@ def redraw(workdir: str, out: str) -> list[str]:
   that plot is not drawn). Returns the plots' names. DataError or ConfigError
   naming what is missing."""
   rows = report.read_rows(workdir)
-  config, schema = _held_config(workdir)
+  config, schema = report.read_config(workdir)
   records = None
   if os.path.isdir(os.path.join(workdir, "batches")):
     records = [r for b in batches(config, grid(config)) for r in _read_batch(

@@ -274,7 +274,7 @@ def test_compare_draws_several_sweeps_and_refuses_what_does_not_match(tmp_path):
       ([str(tmp_path)], ["x"], "bayes_exact", DataError,
        f"--workdirs: no finished sweep in {tmp_path} ")):
     with pytest.raises(error, match=match):
-      sweep.compare(workdirs, names, str(tmp_path / "e.png"), attack)
+      report.compare(workdirs, names, str(tmp_path / "e.png"), attack)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png"]
 
 
