@@ -34,7 +34,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists."
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   w.refuse_existing(_OVERWRITE.value, _OUT.value)
   ds, model, space, view = w.w1_setup()
   n = ds.train.num_examples

@@ -39,7 +39,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace this device's page i
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   device = w.device_name()
   base = os.path.join(_OUT_DIR.value, device)
   w.refuse_existing(_OVERWRITE.value, base + ".md", base + ".json")

@@ -29,7 +29,7 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace --out if it exists."
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   w.refuse_existing(_OVERWRITE.value, _OUT.value)
   _, ds, _, spec = w.w2_setup()
   vmapped, sequential, diff, _ = w.w3(spec, ds, _REPEATS.value)

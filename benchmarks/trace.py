@@ -103,16 +103,20 @@ def workload_fn(name: str):
       state = trainer.init(train.y, settings)
       return trainer.epoch(state, train, settings, np.int32(0))[1].train_loss
     return epoch
-  raise app.UsageError(f"--workloads: unknown {name!r}; known: w1, w3_<settings>, w4")
+  raise ValueError(name)  # main() checks the names before any work.
 
 
 def main(argv):
-  del argv
+  cli.no_arguments(argv)
   if _SUMMARIZE.value:
     print(summarize(_SUMMARIZE.value, _TOP.value))
     return
   if not _OUT_DIR.value:
-    raise app.UsageError("--out_dir is required (or --summarize=FILE)")
+    cli.fail("--out_dir is required (or --summarize=FILE)")
+  unknown = [n for n in _WORKLOADS.value if n not in ("w1", "w4") and not (
+      n.startswith("w3_") and n[3:].isdigit() and int(n[3:]) > 0)]
+  if unknown:
+    cli.fail(f"--workloads: unknown {', '.join(unknown)}; known: w1, w3_<settings>, w4")
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   for name in _WORKLOADS.value:
     fn = workload_fn(name)

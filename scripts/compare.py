@@ -29,8 +29,7 @@ flags.mark_flags_as_required(["workdirs", "out"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.no_arguments(argv)
   cli.quiet_jax()
   out = _OUT.value
   if not out.endswith(".png"):

@@ -24,8 +24,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.no_arguments(argv)
   cli.quiet_jax()
   out = _OUT.value or _WORKDIR.value
   held = [p for p in report.PLOTS if os.path.exists(os.path.join(out, p))]

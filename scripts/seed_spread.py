@@ -34,8 +34,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.no_arguments(argv)
   out = _OUT.value or os.path.join(_WORKDIR.value, "seed_spread.md")
   if os.path.exists(out) and not _OVERWRITE.value:
     cli.fail(f"--out: {out} already exists; pass --overwrite to replace it, or "

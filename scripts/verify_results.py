@@ -23,8 +23,7 @@ _COMMITS = flags.DEFINE_bool("check_commits", True, "Check each recorded commit 
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  cli.no_arguments(argv)
   root = _ROOT.value
   if not os.path.isdir(root):
     cli.fail(f"--root: no such folder: {root}")

@@ -19,6 +19,14 @@ def fail(message: str) -> NoReturn:
   sys.exit(2)
 
 
+def no_arguments(argv: list[str]) -> None:
+  """Every option is a --flag: a stray word (a path without its --flag, a
+  flag missing its dashes) is bad input, refused in one line."""
+  if len(argv) > 1:
+    fail(f"unexpected arguments: {' '.join(argv[1:])} (every option is a "
+         "--flag; see --help)")
+
+
 def _flag_error(e: Exception, argv: list[str]) -> str:
   """One line for an exception raised while parsing the flags: a misspelt
   --config.<field>, an unloadable config file, a value of the wrong type."""
@@ -88,8 +96,7 @@ def run_app(job: Callable[[object, str], object]) -> None:
   flags.mark_flags_as_required(["config", "workdir"])
 
   def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    no_arguments(argv)
     quiet_jax()
     if distributed.value:
       import jax

@@ -246,6 +246,9 @@ def test_cli_bad_input_exits_nonzero_with_one_line_and_no_workdir(tmp_path, conf
      "--coordinator_address, --num_processes and --process_id, or run where JAX "
      "detects them: TPU, Slurm, Open MPI): "),
     ("--num_processes=2", "--num_processes: only with --distributed"),
+    ("config.train.num_epochs=3",  # Its dashes forgotten: absl would print usage.
+     "unexpected arguments: config.train.num_epochs=3 (every option is a --flag; "
+     "see --help)"),
     # A config out of range: refused before any backend starts (and logs).
     ("--config.defence.label_epsilon=40.0",
      "defence.label_epsilon: must be in (0, 10] or inf (off), got 40.0"),

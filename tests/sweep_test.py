@@ -247,6 +247,11 @@ def test_plot_script_redraws_a_committed_folder_and_refuses_bad_input(tmp_path):
       f"splitjax: error: --workdir: no config.json in {empty} (the sweep's config "
       "names the attacks and targets to draw)"]
   assert sorted(p.name for p in empty.iterdir()) == ["privacy_utility.json"]
+  stray = _plot(f"--workdir={folder}", str(tmp_path / "elsewhere"))  # --out= forgotten.
+  assert stray.returncode == 2 and stray.stderr.strip().splitlines() == [
+      f"splitjax: error: unexpected arguments: {tmp_path / 'elsewhere'} (every option "
+      "is a --flag; see --help)"]
+  assert not (tmp_path / "elsewhere").exists()
 
 
 def test_compare_draws_several_sweeps_and_refuses_what_does_not_match(tmp_path):
