@@ -83,7 +83,17 @@ def _top(evs, top: int) -> list[str]:
           for n, d in total.most_common(top)]
 
 
+def _is_workload(name: str) -> bool:
+  """w1, w4, or w3_<n> with n in 1..16 (the first n of W3's settings)."""
+  if name in ("w1", "w4"):
+    return True
+  n = name[3:]
+  return name.startswith("w3_") and n.isdigit() and 1 <= int(n) <= len(w.w3_rows())
+
+
 def workload_fn(name: str):
+  if not _is_workload(name):
+    raise ValueError(f"unknown workload {name!r}")  # main() refuses it first.
   if name == "w1":
     ds, model, space, view = w.w1_setup()
     mech = knowledge.Mechanism(0.0, 0.0)
@@ -103,7 +113,6 @@ def workload_fn(name: str):
       state = trainer.init(train.y, settings)
       return trainer.epoch(state, train, settings, np.int32(0))[1].train_loss
     return epoch
-  raise ValueError(name)  # main() checks the names before any work.
 
 
 def main(argv):
@@ -113,10 +122,10 @@ def main(argv):
     return
   if not _OUT_DIR.value:
     cli.fail("--out_dir is required (or --summarize=FILE)")
-  unknown = [n for n in _WORKLOADS.value if n not in ("w1", "w4") and not (
-      n.startswith("w3_") and n[3:].isdigit() and int(n[3:]) > 0)]
+  unknown = [n for n in _WORKLOADS.value if not _is_workload(n)]
   if unknown:
-    cli.fail(f"--workloads: unknown {', '.join(unknown)}; known: w1, w3_<settings>, w4")
+    cli.fail(f"--workloads: unknown {', '.join(unknown)}; known: w1, w4, w3_<n> "
+             f"(n = 1..{len(w.w3_rows())})")
   os.makedirs(_OUT_DIR.value, exist_ok=True)
   for name in _WORKLOADS.value:
     fn = workload_fn(name)
