@@ -50,3 +50,17 @@ def test_benchmark_run_writes_its_page_and_keeps_it(tmp_path, tfds_dir):
       f"splitjax: error: {base}.md, {base}.json already exist; pass --overwrite to "
       "replace, or write elsewhere (--out_dir / --out)"]
   assert (out / page).read_text() == text
+
+
+def test_benchmark_scripts_refuse_bad_input_in_one_line_before_any_work(tmp_path):
+  out = tmp_path / "traces"
+  for args, line in (
+      (["benchmarks.trace", f"--out_dir={out}", "--workloads=w1,w3_17,w9"],
+       "--workloads: unknown w3_17, w9; known: w1, w4, w3_<n> (n = 1..16)"),
+      (["benchmarks.sweep_throughput", "stray"],
+       "unexpected arguments: stray (every option is a --flag; see --help)")):
+    r = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"splitjax: error: {line}"], r.stderr[-2000:]
+  assert not out.exists()
