@@ -473,9 +473,9 @@ def restore(x):
                else v)
 
 
-def read_rows(folder: str) -> list[dict]:
+def read_rows(folder: str, flag: str = "--workdir") -> list[dict]:
   """The rows of the finished sweep in `folder` (its privacy_utility.json)."""
-  return read_sweep(folder)["rows"]
+  return read_sweep(folder, flag)["rows"]
 
 
 def summary_markdown(rows: list[dict]) -> str:
@@ -514,14 +514,15 @@ def seeds_for(sd: float, half_width: float, most: int = 1000) -> int | None:
   return int(n[fits[0]]) if fits.size else None
 
 
-def read_sweep(folder: str) -> dict:
+def read_sweep(folder: str, flag: str = "--workdir") -> dict:
   """The finished sweep's privacy_utility.json in `folder`, with its rows'
-  per-seed values; DataError naming what is missing."""
+  per-seed values; DataError naming what is missing (and `flag`, the option
+  that named `folder`)."""
   path = os.path.join(folder, TABLE + ".json")
   if not os.path.isfile(path):
     hint = (f"; it holds {SUMMARY}.csv, so pass one data set's folder in it"
             if os.path.isfile(os.path.join(folder, SUMMARY + ".csv")) else "")
-    raise DataError(f"--workdir: no finished sweep in {folder} (no {TABLE}.json){hint}")
+    raise DataError(f"{flag}: no finished sweep in {folder} (no {TABLE}.json){hint}")
   try:
     with open(path) as f:
       sweep = restore(json.load(f))
@@ -533,12 +534,12 @@ def read_sweep(folder: str) -> dict:
   return sweep
 
 
-def read_config(folder: str):
+def read_config(folder: str, flag: str = "--workdir"):
   """The config (a ConfigDict) and schema that the finished sweep in `folder`
-  recorded in its config.json; DataError naming what is missing."""
+  recorded in its config.json; DataError naming what is missing (and `flag`)."""
   path = os.path.join(folder, "config.json")
   if not os.path.isfile(path):
-    raise DataError(f"--workdir: no config.json in {folder} (the sweep's config "
+    raise DataError(f"{flag}: no config.json in {folder} (the sweep's config "
                     "names the attacks and targets to draw)")
   try:
     with open(path) as f:
@@ -680,11 +681,8 @@ def compare(workdirs: list[str], names: list[str], out: str,
     raise ConfigError(f"--names: {len(names)} names for {len(workdirs)} workdirs")
   sweeps, held = [], []
   for w, name in zip(workdirs, names):
-    try:
-      rows = read_rows(w)
-      config, schema = read_config(w)
-    except DataError as e:  # Named by this job's flag.
-      raise DataError(str(e).replace("--workdir:", "--workdirs:", 1)) from None
+    rows = read_rows(w, "--workdirs")
+    config, schema = read_config(w, "--workdirs")
     held.append((w, config.data.name, schema))
     sweeps.append((name, rows))
   if len({h[1] for h in held}) > 1:
