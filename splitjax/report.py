@@ -688,7 +688,7 @@ def compare(workdirs: list[str], names: list[str], out: str,
   if len({h[1] for h in held}) > 1:
     raise DataError("--workdirs: sweeps of different data sets ("
                     + ", ".join(f"{w}: {d}" for w, d, _ in held) + "); compare one data set's")
-  if len({json.dumps(h[2].to_json(), sort_keys=True) for h in held}) > 1:
+  if any(h[2] != held[0][2] for h in held):  # Schema is a frozen dataclass.
     raise DataError("--workdirs: sweeps of different private features; compare "
                     "sweeps with the same schema")
   key = f"{attack}/label"
