@@ -283,6 +283,19 @@ def test_compare_draws_several_sweeps_and_refuses_what_does_not_match(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png"]
 
 
+def test_compare_refuses_sweeps_of_one_data_set_with_other_private_features(tmp_path):
+  grid = os.path.join(REPO, "results", "bank_marketing", "clip_norm_grid")
+  other = tmp_path / "other"
+  shutil.copytree(os.path.join(grid, "c1.0"), other)
+  held = json.loads((other / "config.json").read_text())
+  held["schema"]["private"] = held["schema"]["private"][:-1]  # One feature fewer.
+  (other / "config.json").write_text(json.dumps(held))
+  with pytest.raises(DataError, match="--workdirs: sweeps of different private features"):
+    report.compare([os.path.join(grid, "c0.1"), str(other)], ["a", "b"],
+                   str(tmp_path / "e.png"))
+  assert not (tmp_path / "e.png").exists()
+
+
 def test_fsl_sweep_over_knowledge_settings_with_a_target_epsilon(tmp_path):
   # One shape group per knowledge setting; the noise row's sigma is
   # calibrated to the target; "none" runs no attack that needs the device
