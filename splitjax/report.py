@@ -748,6 +748,8 @@ def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema,
     lo, hi = ax.get_ylim()  # At least 0.02 tall: not 3e-5 blown up to a panel.
     if hi - lo < 0.02:
       ax.set_ylim((lo + hi) / 2 - 0.01, (lo + hi) / 2 + 0.01)
+    if hi - lo < 0.05:  # Ticks of three decimals: four ran into the y label.
+      ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
   for ax in axes[0, :-1]:
     _log_x(ax)
     ax.set_xlabel("epsilon")
