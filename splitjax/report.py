@@ -713,7 +713,7 @@ def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema,
   tgts = targets(schema)
   rows_all = [r for _, rows in sweeps for r in rows]
   fig, axes = plt.subplots(1, len(tgts) + 2, figsize=(3.6 * (len(tgts) + 2), 3.8),
-                           squeeze=False, gridspec_kw=dict(wspace=0.3))
+                           squeeze=False, gridspec_kw=dict(wspace=0.4))
   auc_ax, frontier = axes[0, 0], axes[0, -1]
   for i, (name, rows) in enumerate(sweeps):
     colour = f"C{i}"
