@@ -709,6 +709,7 @@ def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema,
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  from matplotlib import ticker
 
   tgts = targets(schema)
   rows_all = [r for _, rows in sweeps for r in rows]
@@ -749,7 +750,7 @@ def compare_plot(path: str, sweeps: list[tuple[str, list[dict]]], schema,
     if hi - lo < 0.02:
       ax.set_ylim((lo + hi) / 2 - 0.01, (lo + hi) / 2 + 0.01)
     if hi - lo < 0.05:  # Ticks of three decimals: four ran into the y label.
-      ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
+      ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=5, steps=[1, 2, 5, 10]))
   for ax in axes[0, :-1]:
     _log_x(ax)
     ax.set_xlabel("epsilon")
