@@ -24,7 +24,9 @@ def test_benchmark_run_writes_its_page_and_keeps_it(tmp_path, tfds_dir):
   assert r.returncode == 0, r.stderr[-3000:]
   [page] = [p for p in os.listdir(out) if p.endswith(".md")]
   text = (out / page).read_text()
-  assert "Command: `python -m benchmarks.run --repeats=1 --only=w1,w2,w4 --notorch`" in text
+  flags = os.environ.get("XLA_FLAGS")  # conftest's, for instance; the page names them.
+  assert (f"Command: `{f'XLA_FLAGS={flags} ' if flags else ''}python -m benchmarks.run "
+          "--repeats=1 --only=w1,w2,w4 --notorch`") in text
   assert "PyTorch reference: not run (--notorch;" in text
   got = json.loads((out / page.replace(".md", ".json")).read_text())
   w1, w2, w4 = got["workloads"]

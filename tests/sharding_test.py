@@ -17,6 +17,13 @@ from splitjax import sweep
 from sweep_test import _grid_config, assert_rows_close
 
 
+def _eight_devices() -> dict:
+  """The environment of a process with 8 CPU devices (keeping the caller's
+  other XLA flags, e.g. conftest's)."""
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  return dict(os.environ, XLA_FLAGS=flags.strip())
+
+
 @pytest.fixture(scope="module")
 def one_device_rows(tmp_path_factory):
   folder = tmp_path_factory.mktemp("one")
@@ -39,7 +46,7 @@ def test_eight_cpu_devices_give_the_one_device_table(tmp_path, one_device_rows):
       sweep.run(_grid_config(), {str(eight)!r})
       sweep.run(_grid_config(sweep__max_group_size=4), {str(eight) + "_small"!r})
       """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = _eight_devices()
   r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
@@ -203,7 +210,7 @@ def test_optimiser_records_sharded_over_eight_devices(tmp_path):
       np.savez({str(out)!r}, cat=r.cat, num=r.num, label=r.label, seen=r.seen,
                **{{f"v{{i}}": np.asarray(a) for i, a in enumerate(leaves)}})
       """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = _eight_devices()
   r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                      text=True, timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
