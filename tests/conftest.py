@@ -21,10 +21,10 @@ _CACHE_ENV = "JAX_COMPILATION_CACHE_DIR"
 _OWN_CACHE = []
 # XLA's CPU backend at LLVM optimisation level 1 with its expensive passes
 # off. Compiling was half of the suite's CPU time (the tests' programs are
-# many and their arrays small); with these flags the suite used a fifth less
-# CPU (README), and the programs run about as fast. At level 0, jaxlib 0.10.2 computed a
-# NaN gradient for gradmatch's fused loss (the same ops one by one gave the
-# right number), so not lower than 1.
+# many and their arrays small); with these flags the suite used a fifth
+# less CPU (README), and the programs run about as fast. At level 0,
+# jaxlib 0.10.2 computed a NaN gradient for gradmatch's fused loss (the
+# same ops one by one gave the right number), so not lower than 1.
 FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=1",
                       "--xla_llvm_disable_expensive_passes=true")
 
